@@ -1,0 +1,1 @@
+"""llmpulse stream processors: settings, codec, DLQ, workers, sinks and the CLI."""

@@ -1,0 +1,189 @@
+"""``llmpulse`` command line: one console script, one subcommand per job.
+
+Exit codes: 0 success, 1 runtime failure (a service down, a worker stopped on a
+fatal error), 2 bad usage or bad input; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from processors.settings import Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"invalid setting LLMPULSE_{field.upper()}: {first['msg']}") from None
+
+
+# --- stack -------------------------------------------------------------------
+def cmd_stack(args: argparse.Namespace) -> int:
+    from processors import stack
+
+    settings = _settings()
+    if args.action == "up":
+        ep = stack.up(settings)
+        print(f"kafka      {ep.kafka_bootstrap}")
+        print(f"redis      {ep.redis_url}")
+        print(f"prometheus {ep.prometheus_url}")
+        return EXIT_OK
+    if args.action == "down":
+        stack.down(settings)
+        return EXIT_OK
+    rows = stack.status(settings)
+    for st in rows.values():
+        pid = f"pid {st.pid}" if st.pid else ""
+        print(f"{st.name:<11}{st.state:<10}{st.address or '-':<28}{pid:<11}{st.detail}")
+    return EXIT_OK if all(s.state in ("running", "external") for s in rows.values()) else EXIT_FAILURE
+
+
+# --- topics / migrate -----------------------------------------------------------
+def cmd_topics(args: argparse.Namespace) -> int:
+    from processors.topics import create_topics
+
+    for result in asyncio.run(create_topics(_settings())):
+        print(f"{result.status:<8} {result.name}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from processors.clickhouse import connect, migrate
+
+    applied = migrate(connect(_settings()))
+    print("\n".join(f"applied {name}" for name in applied) or "schema up to date")
+    return EXIT_OK
+
+
+# --- workers ---------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from processors.clickhouse import connect
+    from processors.metrics import serve
+    from processors.usage_sink import UsageSink
+
+    settings = _settings()
+    if args.flow != "sink":
+        raise UsageError(f"worker {args.flow!r} is not available yet; available: sink")
+    port = serve(settings.metrics_port)
+    logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
+    sink = UsageSink(
+        settings,
+        connect(settings),
+        max_rows=args.batch_rows,
+        max_seconds=args.batch_seconds,
+    )
+    return asyncio.run(_run_until_signal(sink.run))
+
+
+async def _run_until_signal(run: Callable[[asyncio.Event], object]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    result = run(stop)
+    if asyncio.iscoroutine(result):
+        await result
+    return EXIT_OK
+
+
+# --- demo ------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from processors.demo import run_demo
+
+    return asyncio.run(run_demo(_settings(), events=args.events, seed=args.seed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmpulse",
+        description="Resilience and cost backbone for LLM platforms (Kafka, Faust, Redis, ClickHouse).",
+        epilog="Configuration comes from LLMPULSE_* environment variables; see README.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job: local stack, workers, traffic, reports")
+    p.add_argument("--events", type=_positive_int, default=2000, help="valid events (default 2000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the traffic (default 7)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("topics", help="create every topic and its DLQ with their configuration")
+    p.add_argument("action", choices=("create",))
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("worker", help="run a processor until SIGINT/SIGTERM")
+    p.add_argument("flow", choices=("sink",), help="sink: llm.outcomes.v1 -> ClickHouse usage_events")
+    p.add_argument("--batch-rows", type=_positive_int, default=None, help="max rows per insert")
+    p.add_argument("--batch-seconds", type=_positive_float, default=None, help="max seconds per batch")
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmpulse`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from processors.clickhouse import ClickHouseConfigError
+    from processors.stack import StackError
+
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"llmpulse: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StackError, ClickHouseConfigError) as exc:
+        print(f"llmpulse: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

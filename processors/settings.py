@@ -1,0 +1,106 @@
+"""The one place llmpulse reads its configuration.
+
+Every value comes from an ``LLMPULSE_*`` environment variable or a ``.env`` file,
+is validated once here, and is then passed down explicitly. No other module
+reads ``os.environ``; the Faust app is created with ``env={}`` for the same reason.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.events import EventTimeBounds
+
+
+class Settings(BaseSettings):
+    """Validated configuration for every llmpulse command and worker.
+
+    Service addresses left empty mean "use the local stack" that
+    ``llmpulse stack up`` starts on free loopback ports; set them to use
+    existing services instead (the local stack then leaves that service alone).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLMPULSE_", env_file=".env", extra="forbid", frozen=True
+    )
+
+    # --- where things live -------------------------------------------------
+    state_dir: Path = Field(
+        default=Path(".llmpulse"),
+        description="Local stack data, logs, pid files and the chDB data folder.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "llmpulse",
+        description="Downloaded Kafka jars (kept outside the repository).",
+    )
+
+    # --- services (empty = local stack) ------------------------------------
+    kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db")
+    prometheus_url: str | None = Field(default=None, description="http://host:port")
+    clickhouse_dsn: str | None = Field(
+        default=None,
+        description="chdb:///path (embedded, default <state_dir>/chdb) or http(s)://user:pw@host:port/db",
+    )
+    kafka_version: str = Field(default="4.1.1", pattern=r"^4\.\d+\.\d+$")
+    test_services: Literal["local", "testcontainers"] = Field(
+        default="local",
+        description="How the test fixtures start services: local processes or testcontainers (needs Docker).",
+    )
+
+    # --- topics ----------------------------------------------------------------
+    topic_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prepended to every topic name."
+    )
+    topic_replication: int = Field(default=1, ge=1)
+
+    # --- validation --------------------------------------------------------------
+    event_max_past: timedelta = Field(default=timedelta(days=400))
+    event_max_future: timedelta = Field(default=timedelta(minutes=5))
+    dlq_max_consecutive: int = Field(
+        default=1000,
+        ge=1,
+        description="Consecutive poison messages on one partition that stop the worker.",
+    )
+
+    # --- usage sink --------------------------------------------------------------
+    consumer_group_prefix: str = Field(default="llmpulse", pattern=r"^[A-Za-z0-9._-]+$")
+    sink_batch_max_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    sink_batch_max_seconds: float = Field(default=1.0, gt=0, le=60)
+    sink_retry_max_seconds: float = Field(default=10.0, gt=0)
+
+    # --- metrics -----------------------------------------------------------------
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
+    metrics_org_label_limit: int = Field(default=50, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_positive(self) -> Settings:
+        if self.event_max_past <= timedelta(0) or self.event_max_future < timedelta(0):
+            raise ValueError("event_max_past must be > 0 and event_max_future >= 0")
+        return self
+
+    @property
+    def chdb_dir(self) -> Path:
+        """Data folder of the embedded chDB engine when no DSN is configured."""
+        return self.state_dir / "chdb"
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        """The configured DSN, or an embedded chDB one under ``state_dir``."""
+        if self.clickhouse_dsn:
+            return self.clickhouse_dsn
+        return f"chdb://{self.chdb_dir.resolve()}"
+
+    @property
+    def event_time_bounds(self) -> EventTimeBounds:
+        """Accepted event_time range relative to the validating clock."""
+        return EventTimeBounds(max_past=self.event_max_past, max_future=self.event_max_future)
+
+    def topic(self, name: str) -> str:
+        """Qualified topic name for a registry name (applies ``topic_prefix``)."""
+        return f"{self.topic_prefix}{name}"

@@ -1,0 +1,43 @@
+"""llmpulse event contracts: pydantic v2 models, the topic registry and JSON Schema export.
+
+This package imports nothing from the rest of the project, so application
+services can depend on it alone.
+"""
+
+from schemas.events import (
+    BreakerAction,
+    BreakerControl,
+    BreakerSnapshot,
+    BreakerState,
+    ErrorClass,
+    Event,
+    EventTimeBounds,
+    Feedback,
+    LLMOutcome,
+    LLMRequest,
+    Operation,
+    OutcomeStatus,
+    PromptAction,
+    PromptVersionEvent,
+)
+from schemas.topics import TOPICS, TopicSpec, topic_spec
+
+__all__ = [
+    "TOPICS",
+    "BreakerAction",
+    "BreakerControl",
+    "BreakerSnapshot",
+    "BreakerState",
+    "ErrorClass",
+    "Event",
+    "EventTimeBounds",
+    "Feedback",
+    "LLMOutcome",
+    "LLMRequest",
+    "Operation",
+    "OutcomeStatus",
+    "PromptAction",
+    "PromptVersionEvent",
+    "TopicSpec",
+    "topic_spec",
+]
