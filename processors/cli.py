@@ -51,7 +51,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
     for st in rows.values():
         pid = f"pid {st.pid}" if st.pid else ""
         print(f"{st.name:<11}{st.state:<10}{st.address or '-':<28}{pid:<11}{st.detail}")
-    return EXIT_OK if all(s.state in ("running", "external") for s in rows.values()) else EXIT_FAILURE
+    return (
+        EXIT_OK if all(s.state in ("running", "external") for s in rows.values()) else EXIT_FAILURE
+    )
 
 
 # --- topics / migrate -----------------------------------------------------------
@@ -112,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmpulse",
-        description="Resilience and cost backbone for LLM platforms (Kafka, Faust, Redis, ClickHouse).",
+        description="Resilience and cost backbone for LLM platforms.",
         epilog="Configuration comes from LLMPULSE_* environment variables; see README.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -120,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: local stack, workers, traffic, reports")
     p.add_argument("--events", type=_positive_int, default=2000, help="valid events (default 2000)")
-    p.add_argument("--seed", type=int, default=7, help="random seed of the traffic (default 7)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="random seed of the traffic (default: a new one)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
@@ -135,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("worker", help="run a processor until SIGINT/SIGTERM")
-    p.add_argument("flow", choices=("sink",), help="sink: llm.outcomes.v1 -> ClickHouse usage_events")
+    p.add_argument(
+        "flow", choices=("sink",), help="sink: llm.outcomes.v1 -> ClickHouse usage_events"
+    )
     p.add_argument("--batch-rows", type=_positive_int, default=None, help="max rows per insert")
-    p.add_argument("--batch-seconds", type=_positive_float, default=None, help="max seconds per batch")
+    p.add_argument(
+        "--batch-seconds", type=_positive_float, default=None, help="max seconds per batch"
+    )
     p.set_defaults(func=cmd_worker)
     return parser
 

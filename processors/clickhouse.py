@@ -34,7 +34,10 @@ class ClickHouseConfigError(Exception):
 
 def sql_dir() -> Path:
     """The ``clickhouse/`` folder: next to the packages (checkout) or in the working dir."""
-    for candidate in (Path(__file__).resolve().parents[1] / "clickhouse", Path.cwd() / "clickhouse"):
+    for candidate in (
+        Path(__file__).resolve().parents[1] / "clickhouse",
+        Path.cwd() / "clickhouse",
+    ):
         if (candidate / "migrations").is_dir():
             return candidate
     raise ClickHouseConfigError("clickhouse/migrations not found next to the package or in cwd")
@@ -117,7 +120,7 @@ def migrate(client: Client, folder: Path | None = None) -> list[str]:
         if mig.version in applied:
             if applied[mig.version] != mig.checksum:
                 raise ClickHouseConfigError(
-                    f"migration {mig.name} changed after it was applied; add a new migration instead"
+                    f"migration {mig.name} changed after it was applied; add a new one instead"
                 )
             continue
         for statement in split_statements(mig.sql):

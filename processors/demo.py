@@ -9,6 +9,7 @@ chargeback) extend this same command.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -31,26 +32,35 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-async def run_demo(settings: Settings, *, events: int, seed: int) -> int:
+async def run_demo(settings: Settings, *, events: int, seed: int | None) -> int:
     """Run the demo; returns the process exit code."""
     started = time.monotonic()
+    # A fresh broker answers "coordinator not available" for a moment; aiokafka
+    # retries it but logs at ERROR, which would only alarm a demo viewer.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     _say("==> starting the local stack (Kafka, Redis, Prometheus)")
     stack.up(settings, progress=lambda m: _say(f"    {m}"))
     _say("==> creating topics")
     created = await create_topics(settings)
-    _say(f"    {sum(r.status == 'created' for r in created)} created, "
-         f"{sum(r.status == 'exists' for r in created)} already there")
+    _say(
+        f"    {sum(r.status == 'created' for r in created)} created, "
+        f"{sum(r.status == 'exists' for r in created)} already there"
+    )
     client = connect(settings)
     _say("==> applying ClickHouse migrations")
     for name in migrate(client):
         _say(f"    applied {name}")
 
     period_start = datetime.now(UTC)
+    seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     spec = topic_spec(OUTCOMES)
-    outcomes = [sample_outcome(rng) for _ in range(events)]
+    # Event times inside the report period [period_start, period_end).
+    outcomes = [
+        sample_outcome(rng, period_start + timedelta(microseconds=i)) for i in range(events)
+    ]
     invalid = sorted(EXAMPLES.glob("outcome_*"))
-    _say(f"==> producing {events} outcome events and {len(invalid)} invalid ones")
+    _say(f"==> producing {events} outcome events (seed {seed}) and {len(invalid)} invalid ones")
     producer = kafka.producer(settings)
     await producer.start()
     try:
@@ -69,9 +79,12 @@ async def run_demo(settings: Settings, *, events: int, seed: int) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not task.done():
         s = sink.stats
-        _say(f"    consumed {s.consumed}, inserted {s.inserted}, duplicates {s.duplicates}, "
-             f"dead-lettered {s.dead_lettered}")
-        if s.inserted >= events and s.dead_lettered >= len(invalid):
+        _say(
+            f"    consumed {s.consumed}, inserted {s.inserted}, duplicates {s.duplicates}, "
+            f"conflicts {s.conflicts}, dead-lettered {s.dead_lettered}"
+        )
+        settled = s.inserted + s.duplicates + s.conflicts + s.dead_lettered
+        if settled >= events + len(invalid):
             break
         await asyncio.sleep(1)
     stop.set()
@@ -82,10 +95,14 @@ async def run_demo(settings: Settings, *, events: int, seed: int) -> int:
         client, "usage_events__by_org_operation", {"start": period_start, "end": period_end}
     )
     _print_usage(rows)
-    ok = stats.inserted == events and stats.dead_lettered == len(invalid)
-    _say(f"==> {'done' if ok else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s: "
-         f"{stats.inserted} rows in usage_events, {stats.dead_lettered} events in "
-         f"{settings.topic(spec.dlq)}")
+    settled = stats.inserted + stats.duplicates + stats.conflicts
+    ok = settled == events and stats.dead_lettered == len(invalid)
+    _say(
+        f"==> {'done' if ok else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s: "
+        f"{stats.inserted} new rows in usage_events ({stats.duplicates} duplicates, "
+        f"{stats.conflicts} conflicts quarantined), {stats.dead_lettered} events in "
+        f"{settings.topic(spec.dlq)}"
+    )
     return 0 if ok else 1
 
 
@@ -96,7 +113,8 @@ def _print_usage(rows: list[dict[str, object]]) -> None:
         cost = r["cost_usd"]
         assert isinstance(cost, Decimal)
         total += cost
-        _say(f"{r['org_id']!s:<14}{r['operation']!s:<12}{r['requests']!s:>10}"
-             f"{r['tokens']!s:>12}{cost:>16.6f}")
+        _say(
+            f"{r['org_id']!s:<14}{r['operation']!s:<12}{r['requests']!s:>10}"
+            f"{r['tokens']!s:>12}{cost:>16.6f}"
+        )
     _say(f"{'total':<48}{total:>16.6f}")
-

@@ -71,7 +71,9 @@ class PoisonLimiter:
             )
 
 
-def dlq_headers(record: SourceRecord, poison: PoisonEvent, now: datetime) -> list[tuple[str, bytes]]:
+def dlq_headers(
+    record: SourceRecord, poison: PoisonEvent, now: datetime
+) -> list[tuple[str, bytes]]:
     """Headers describing why and from where a message was dead-lettered."""
     return [
         (REASON_HEADER, poison.reason.encode()),
@@ -95,7 +97,10 @@ class DeadLetterPublisher:
         self._limiter = limiter
 
     async def publish(self, record: SourceRecord, poison: PoisonEvent, dlq_topic: str) -> None:
-        """Dead-letter ``record``; may raise ``PoisonLimitExceeded`` after sending it."""
+        """Dead-letter ``record`` and wait for the broker's acknowledgement.
+
+        Call ``poisoned`` afterwards to apply the consecutive-poison limit.
+        """
         await self._producer.send_and_wait(
             dlq_topic,
             value=redact_bytes(record.value) if record.value else record.value,
@@ -103,6 +108,9 @@ class DeadLetterPublisher:
             headers=dlq_headers(record, poison, datetime.now(UTC)),
         )
         DLQ_EVENTS.labels(topic=record.topic, reason=poison.reason).inc()
+
+    def poisoned(self, record: SourceRecord) -> None:
+        """Count a dead-lettered message; ``PoisonLimitExceeded`` past the limit."""
         self._limiter.poison(record.topic, record.partition)
 
     def ok(self, record: SourceRecord) -> None:

@@ -30,9 +30,7 @@ CACHE_HITS = Counter("cache_hits", "Outcomes served from a cache")
 CACHE_REQUESTS = Counter("cache_requests", "Outcomes that could have been served from a cache")
 
 # --- processing metrics --------------------------------------------------------
-EVENTS_CONSUMED = Counter(
-    "llmpulse_events_consumed", "Messages read from Kafka", ["flow", "topic"]
-)
+EVENTS_CONSUMED = Counter("llmpulse_events_consumed", "Messages read from Kafka", ["flow", "topic"])
 DLQ_EVENTS = Counter(
     "llmpulse_dlq_events", "Messages sent to a dead-letter topic", ["topic", "reason"]
 )
@@ -43,7 +41,9 @@ EVENT_LAG_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
 CONSUMER_LAG = Gauge(
-    "llmpulse_consumer_lag_messages", "Messages behind the log end, summed over partitions", ["flow"]
+    "llmpulse_consumer_lag_messages",
+    "Messages behind the log end, summed over partitions",
+    ["flow"],
 )
 SINK_BATCH_ROWS = Histogram(
     "llmpulse_sink_batch_rows",
@@ -67,7 +67,9 @@ USAGE_CONFLICTS = Counter(
     "llmpulse_usage_conflicts", "Usage events quarantined: same event_id, different payload"
 )
 BREAKER_TRANSITIONS = Counter(
-    "llmpulse_breaker_transitions", "Breaker state transitions", ["provider", "from_state", "to_state"]
+    "llmpulse_breaker_transitions",
+    "Breaker state transitions",
+    ["provider", "from_state", "to_state"],
 )
 
 _OTHER_ORG = "__other__"

@@ -8,7 +8,9 @@ from schemas.events import SECRET_PATTERNS
 
 REDACTED = "[REDACTED]"
 
-_SECRET_BYTES = tuple(re.compile(p.pattern.encode(), p.flags & ~re.UNICODE) for p in SECRET_PATTERNS)
+_SECRET_BYTES = tuple(
+    re.compile(p.pattern.encode(), p.flags & ~re.UNICODE) for p in SECRET_PATTERNS
+)
 # JSON members whose *name* says the value is a secret, whatever the value looks like.
 _SECRET_MEMBER = re.compile(
     rb'("(?:[A-Za-z_\-]*(?:api[_\-]?key|apikey|authorization|password|passwd|secret|token)'

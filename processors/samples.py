@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from schemas.events import ErrorClass, LLMOutcome, Operation, OutcomeStatus
@@ -27,7 +27,7 @@ def sample_outcome(rng: random.Random, when: datetime | None = None) -> LLMOutco
     micro = input_tokens * rng.choice((1, 2, 3)) + output_tokens * rng.choice((4, 8, 10))
     return LLMOutcome(
         event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-        event_time=(when or datetime.now(UTC)) - timedelta(milliseconds=rng.randint(0, 500)),
+        event_time=when or datetime.now(UTC),
         request_id=uuid.UUID(int=rng.getrandbits(128), version=4),
         org_id=rng.choice(ORGS),
         operation=_OPS[op_index],

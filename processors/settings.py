@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     kafka_version: str = Field(default="4.1.1", pattern=r"^4\.\d+\.\d+$")
     test_services: Literal["local", "testcontainers"] = Field(
         default="local",
-        description="How the test fixtures start services: local processes or testcontainers (needs Docker).",
+        description="Test fixtures start local processes, or testcontainers (needs Docker).",
     )
 
     # --- topics ----------------------------------------------------------------

@@ -33,7 +33,9 @@ def planned_topics(settings: Settings) -> list[NewTopic]:
             )
         )
         out.append(
-            NewTopic(settings.topic(spec.dlq), 1, settings.topic_replication, topic_configs=_DLQ_CONFIGS)
+            NewTopic(
+                settings.topic(spec.dlq), 1, settings.topic_replication, topic_configs=_DLQ_CONFIGS
+            )
         )
     return out
 

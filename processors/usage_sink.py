@@ -140,16 +140,21 @@ class UsageSink:
     async def _accept(self, tp: TopicPartition, record: Any, dlq: DeadLetterPublisher) -> None:
         self.stats.consumed += 1
         metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=record.topic).inc()
-        source = SourceRecord(record.topic, record.partition, record.offset, record.key, record.value)
+        source = SourceRecord(
+            record.topic, record.partition, record.offset, record.key, record.value
+        )
         try:
             outcome = decode(LLMOutcome, record.value, bounds=self.settings.event_time_bounds)
         except PoisonEvent as poison:
             await dlq.publish(source, poison, self.dlq_topic)
             self.stats.dead_lettered += 1
+            dlq.poisoned(source)
         else:
             dlq.ok(source)
             self._buffer.append(
-                Pending(outcome, payload_hash(outcome), record.topic, record.partition, record.offset)
+                Pending(
+                    outcome, payload_hash(outcome), record.topic, record.partition, record.offset
+                )
             )
         self._next_offsets[tp] = record.offset + 1
         if self._batch_started is None:

@@ -296,22 +296,28 @@ class PromptVersionEvent(Event):
     action: PromptAction
     content: Annotated[str, Field(max_length=100_000)] | None = None
     system_message: Annotated[str, Field(max_length=100_000)] | None = None
-    temperature: Annotated[
-        Decimal,
-        BeforeValidator(_require_decimal_string),
-        Field(ge=0, le=2, max_digits=3, decimal_places=2, allow_inf_nan=False),
-        _decimal_json("sampling temperature 0 to 2 as a decimal string"),
-        _PLAIN,
-    ] | None = None
+    temperature: (
+        Annotated[
+            Decimal,
+            BeforeValidator(_require_decimal_string),
+            Field(ge=0, le=2, max_digits=3, decimal_places=2, allow_inf_nan=False),
+            _decimal_json("sampling temperature 0 to 2 as a decimal string"),
+            _PLAIN,
+        ]
+        | None
+    ) = None
     max_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     model: Identifier | None = None
-    ab_weight: Annotated[
-        Decimal,
-        BeforeValidator(_require_decimal_string),
-        Field(ge=0, le=1, max_digits=5, decimal_places=4, allow_inf_nan=False),
-        _decimal_json("A/B traffic weight 0 to 1 as a decimal string"),
-        _PLAIN,
-    ] | None = None
+    ab_weight: (
+        Annotated[
+            Decimal,
+            BeforeValidator(_require_decimal_string),
+            Field(ge=0, le=1, max_digits=5, decimal_places=4, allow_inf_nan=False),
+            _decimal_json("A/B traffic weight 0 to 1 as a decimal string"),
+            _PLAIN,
+        ]
+        | None
+    ) = None
     tags: tuple[Identifier, ...] = ()
 
     @model_validator(mode="after")

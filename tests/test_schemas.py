@@ -34,7 +34,7 @@ VALID_MODELS: dict[str, type[BaseModel]] = {
 
 
 def _outcome(**changes: Any) -> dict[str, Any]:
-    base = json.loads((EXAMPLES / "valid" / "outcome_success.json").read_text())
+    base: dict[str, Any] = json.loads((EXAMPLES / "valid" / "outcome_success.json").read_text())
     base.update(changes)
     return base
 
@@ -53,9 +53,7 @@ def test_every_valid_example_is_covered() -> None:
     assert {p.name for p in (EXAMPLES / "valid").iterdir()} == set(VALID_MODELS)
 
 
-@pytest.mark.parametrize(
-    "path", sorted((EXAMPLES / "invalid").iterdir()), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "invalid").iterdir()), ids=lambda p: p.name)
 def test_invalid_examples_are_rejected(path: Path) -> None:
     with pytest.raises((ValidationError, ValueError)):
         LLMOutcome.model_validate_json(path.read_bytes(), context=CTX)

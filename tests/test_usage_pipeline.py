@@ -1,0 +1,137 @@
+"""Integration: events through real Kafka into chDB, invalid ones into the DLQ.
+
+Produces 1,000 valid and 60 invalid outcome events (ten kinds of invalid,
+interleaved), runs the usage sink, and checks exact counts everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from processors import kafka
+from processors.codec import encode
+from processors.dlq import DETAIL_HEADER, REASON_HEADER, PoisonLimitExceeded
+from processors.samples import sample_outcome
+from processors.settings import Settings
+from processors.usage_sink import UsageSink
+from schemas.topics import OUTCOMES, topic_spec
+from tests.harness import committed_offsets, read_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+SECRET = "sk-live-0123456789abcdefSECRET"
+
+
+def _invalid_payloads(rng: random.Random, now: datetime) -> list[tuple[str, str, bytes]]:
+    """(kind, expected reason, bytes) for ten kinds of invalid outcome, six of each."""
+    out: list[tuple[str, str, bytes]] = []
+    for i in range(6):
+        good = json.loads(encode(sample_outcome(rng, now)))
+
+        def variant(**changes: Any) -> bytes:
+            return json.dumps({**good, **changes}).encode()  # noqa: B023
+
+        out += [
+            ("negative_tokens", "schema_violation", variant(input_tokens=-1 - i)),
+            ("nan_cost", "schema_violation", variant(cost_usd="NaN")),
+            ("negative_cost", "schema_violation", variant(cost_usd=f"-0.{i + 1}")),
+            ("key_in_unknown_field", "schema_violation", variant(api_key=SECRET, note=SECRET)),
+            ("naive_time", "schema_violation", variant(event_time="2026-01-15T10:00:00")),
+            (
+                "far_future",
+                "schema_violation",
+                variant(event_time=(now + timedelta(days=3)).isoformat()),
+            ),
+            ("tokens_as_string", "schema_violation", variant(output_tokens="12")),
+            ("unknown_operation", "schema_violation", variant(operation="chat")),
+            ("not_json", "not_json", b"{'cost_usd': 1," + bytes([65 + i])),
+            ("empty", "empty_value", b""),
+        ]
+    return out
+
+
+async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(settings.topic(OUTCOMES), value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def test_thousand_events_exact_counts_and_dlq(settings: Settings, ch: Client) -> None:
+    rng = random.Random(11)
+    now = datetime.now(UTC)
+    valid = [sample_outcome(rng, now) for _ in range(1000)]
+    invalid = _invalid_payloads(rng, now)
+    assert len(invalid) == 60
+    messages = [(b"openai" if o.provider == "openai" else b"anthropic", encode(o)) for o in valid]
+    for n, (_kind, _reason, raw) in enumerate(invalid):
+        messages.insert(n * 17 + 3, (b"openai", raw))  # interleaved with the valid ones
+    await _produce(settings, messages)
+
+    stop = asyncio.Event()
+    sink = UsageSink(settings, ch, group="sink-it", max_rows=300, max_seconds=0.5)
+    task = asyncio.create_task(sink.run(stop))
+    await wait_for(
+        lambda: sink.stats.consumed >= 1060 and sink.stats.batches > 0 and not sink._next_offsets,
+        90,
+        "the sink to consume and flush everything",
+    )
+    stop.set()
+    stats = await task
+    assert (stats.consumed, stats.inserted, stats.dead_lettered) == (1060, 1000, 60)
+
+    # ClickHouse: exactly the valid rows, exact money, per organization and operation.
+    rows = ch.query(
+        "SELECT org_id, operation, count(), sum(cost_usd), sum(input_tokens + output_tokens) "
+        "FROM usage_events FINAL GROUP BY org_id, operation"
+    ).result_rows
+    expected: dict[tuple[str, str], list[Any]] = {}
+    for o in valid:
+        e = expected.setdefault((o.org_id, o.operation.value), [0, Decimal(0), 0])
+        e[0] += 1
+        e[1] += o.cost_usd
+        e[2] += o.input_tokens + o.output_tokens
+    assert {(r[0], r[1]): [r[2], r[3], r[4]] for r in rows} == expected
+
+    # DLQ: every invalid event once, with its reason; the key-like value never copied.
+    spec = topic_spec(OUTCOMES)
+    dlq = await read_all(settings, settings.topic(spec.dlq), expected=60)
+    assert len(dlq) == 60
+    reasons = Counter(dict(r.headers)[REASON_HEADER].decode() for r in dlq)
+    assert reasons == Counter(reason for _k, reason, _raw in invalid)
+    for record in dlq:
+        assert SECRET.encode() not in (record.value or b"")
+        assert SECRET.encode() not in dict(record.headers)[DETAIL_HEADER]
+    originals = {raw for kind, _r, raw in invalid if kind in ("not_json", "empty")}
+    assert sum((r.value or b"") in originals for r in dlq) == 12  # untouched copies
+    details = b" | ".join(dict(r.headers)[DETAIL_HEADER] for r in dlq)
+    for field in (b"input_tokens", b"cost_usd", b"api_key", b"event_time", b"operation"):
+        assert field in details
+
+    # Offsets were committed up to the end of every partition.
+    committed = await committed_offsets(settings, settings.topic(OUTCOMES), "sink-it")
+    assert sum(v or 0 for v in committed.values()) == 1060
+
+
+async def test_consecutive_poison_limit_stops_the_worker(settings: Settings, ch: Client) -> None:
+    limited = settings.model_copy(update={"dlq_max_consecutive": 5})
+    await _produce(limited, [(b"openai", b"not json")] * 8)
+    sink = UsageSink(limited, ch, group="sink-poison", max_rows=100, max_seconds=0.2)
+    with pytest.raises(PoisonLimitExceeded, match="6 consecutive invalid messages"):
+        await asyncio.wait_for(sink.run(asyncio.Event()), 60)
+    assert sink.stats.dead_lettered == 6
+    dlq = await read_all(limited, limited.topic(topic_spec(OUTCOMES).dlq), expected=6)
+    assert len(dlq) == 6  # the message that tripped the limit is in the DLQ too
