@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -104,6 +106,61 @@ async def _run_until_signal(run: Callable[[asyncio.Event], object]) -> int:
     return EXIT_OK
 
 
+# --- billing ---------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from processors import billing, cost_report
+    from processors.clickhouse import connect
+
+    settings = _settings()
+    rate = settings.chargeback_default_rate
+    try:
+        if args.action == "close":
+            if not args.period:
+                raise UsageError("report close needs --period YYYY-MM")
+            billing.parse_period(args.period)
+            report = billing.close_period(connect(settings), args.period, default_rate=rate)
+            print(
+                f"closed {args.period}: {len(report.lines)} lines, "
+                f"total cost {report.grand_total('cost_usd')} USD, charge {report.charge_total} USD"
+            )
+            return EXIT_OK
+        if not (args.start and args.end):
+            raise UsageError("report costs needs --start and --end")
+        start = billing.parse_instant(args.start, "start")
+        end = billing.parse_instant(args.end, "end")
+        billing.check_period(start, end)
+        report = billing.cost_report(
+            connect(settings), start, end, default_rate=rate, org=args.org, live=args.live
+        )
+    except billing.BillingInputError as exc:
+        raise UsageError(str(exc)) from None
+    render = {
+        "table": cost_report.render_table,
+        "csv": cost_report.render_csv,
+        "json": cost_report.render_json,
+    }[args.format]
+    text = render(report)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_pricing(args: argparse.Namespace) -> int:
+    from processors import pricing
+    from processors.clickhouse import connect
+
+    try:
+        data = pricing.parse_file(args.file)
+    except pricing.PricingFileError as exc:
+        raise UsageError(str(exc)) from None
+    counts = pricing.load(connect(_settings()), data)
+    print(", ".join(f"{n} {table}" for table, n in counts.items()) + " loaded")
+    return EXIT_OK
+
+
 # --- demo ------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from processors.demo import run_demo
@@ -111,14 +168,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(_settings(), events=args.events, seed=args.seed))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (``llmpulse: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmpulse",
         description="Resilience and cost backbone for LLM platforms.",
         epilog="Configuration comes from LLMPULSE_* environment variables; see README.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     p = sub.add_parser("demo", help="the main job: local stack, workers, traffic, reports")
     p.add_argument("--events", type=_positive_int, default=2000, help="valid events (default 2000)")
@@ -147,6 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-seconds", type=_positive_float, default=None, help="max seconds per batch"
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "report",
+        help="cost allocation and chargeback reports, period close",
+        description="costs: allocation per organization for the half-open UTC period "
+        "[--start, --end); dates are YYYY-MM-DD (midnight UTC) or RFC 3339 with a zone. "
+        "close: freeze a finished month (--period YYYY-MM); later usage for it becomes "
+        "adjustment lines.",
+    )
+    p.add_argument("action", choices=("costs", "close"))
+    p.add_argument("--start", help="period start (inclusive), e.g. 2026-03-01")
+    p.add_argument("--end", help="period end (exclusive), e.g. 2026-04-01")
+    p.add_argument("--org", help="only this organization id")
+    p.add_argument("--period", help="month to close, YYYY-MM")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    p.add_argument(
+        "--live", action="store_true", help="recompute a closed month instead of its snapshot"
+    )
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "pricing",
+        help="load prices, chargeback rates and organization names",
+        description="load FILE: YAML with prices / chargeback_rates / organizations lists, or "
+        "CSV whose header names one row kind. Prices are USD per million tokens.",
+    )
+    p.add_argument("action", choices=("load",))
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_pricing)
     return parser
 
 

@@ -8,6 +8,7 @@ reads ``os.environ``; the Faust app is created with ``env={}`` for the same reas
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,22 @@ class Settings(BaseSettings):
     sink_batch_max_rows: int = Field(default=5000, ge=1, le=1_000_000)
     sink_batch_max_seconds: float = Field(default=1.0, gt=0, le=60)
     sink_retry_max_seconds: float = Field(default=10.0, gt=0)
+
+    # --- billing -------------------------------------------------------------------
+    chargeback_default_rate: Decimal = Field(
+        default=Decimal("1.2"),
+        ge=0,
+        le=100,
+        decimal_places=4,
+        description="Chargeback multiplier of organizations without a chargeback_rates row.",
+    )
+
+    failpoint: str = Field(
+        default="",
+        pattern=r"^(|sink\.kill_after_insert:\d+)$",
+        description="Test-only fault injection, e.g. sink.kill_after_insert:3 (SIGKILL after "
+        "the 3rd acknowledged insert, before its offsets are committed).",
+    )
 
     # --- metrics -----------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")

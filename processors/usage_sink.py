@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,6 +104,7 @@ class UsageSink:
         self._buffer: list[Pending] = []
         self._next_offsets: dict[TopicPartition, int] = {}
         self._batch_started: float | None = None
+        self._inserts_done = 0
 
     # --- rebalance -----------------------------------------------------------
     def drop_partitions(self, revoked: set[TopicPartition]) -> None:
@@ -172,6 +175,7 @@ class UsageSink:
         batch, offsets = self._buffer, dict(self._next_offsets)
         if batch:
             await self._write_with_retry(consumer, batch)
+            self._failpoint_after_insert()
         # The old owner never commits for partitions it lost while writing.
         owned = consumer.assignment()
         commit = {tp: off for tp, off in offsets.items() if tp in owned}
@@ -207,6 +211,14 @@ class UsageSink:
                 delay = min(delay * 2, self.settings.sink_retry_max_seconds)
         if paused:
             consumer.resume(*consumer.assignment())
+
+    def _failpoint_after_insert(self) -> None:
+        """Test-only: die by SIGKILL between an acknowledged insert and its commit."""
+        name, _, count = self.settings.failpoint.partition(":")
+        self._inserts_done += 1
+        if name == "sink.kill_after_insert" and self._inserts_done >= int(count):
+            log.warning("failpoint %s: SIGKILL before committing offsets", self.settings.failpoint)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     @staticmethod
     async def _idle(consumer: AIOKafkaConsumer, seconds: float) -> None:
