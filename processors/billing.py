@@ -11,6 +11,7 @@ import re
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -92,7 +93,7 @@ def allocation_rows(
     default_rate: Decimal,
     org: str = "",
     as_of: datetime = FAR_FUTURE,
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Rows of ``usage_events__allocation`` (values bound server-side)."""
     return run_query(
         client,
@@ -101,7 +102,7 @@ def allocation_rows(
     )
 
 
-def closed_month(client: Client, period: date) -> dict[str, object] | None:
+def closed_month(client: Client, period: date) -> dict[str, Any] | None:
     rows = run_query(client, "period_closes__get", {"period": period})
     return rows[0] if rows else None
 

@@ -7,7 +7,6 @@ may be secrets or prompt text); only field locations and constraint messages.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import TypeVar
 
@@ -61,20 +60,19 @@ def decode(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PoisonEvent(INVALID_UTF8, f"value is not UTF-8 (byte {exc.start})") from None
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PoisonEvent(NOT_JSON, f"value is not JSON: {exc.msg} at char {exc.pos}") from None
-    if not isinstance(parsed, dict):
-        raise PoisonEvent(NOT_AN_OBJECT, f"value is a JSON {type(parsed).__name__}, not an object")
     context: dict[str, object] = {EventTimeBounds.CONTEXT_KEY: bounds}
     if now is not None:
         context["now"] = now
     try:
-        # Validate from the JSON text (not the parsed dict) so strict JSON rules apply:
-        # ISO timestamps and UUID strings are accepted, "12" for an integer is not.
+        # Validate from the JSON text in one pass, so strict JSON rules apply: ISO
+        # timestamps and UUID strings are accepted, "12" for an integer is not.
         return model.model_validate_json(text, strict=True, context=context)
     except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise PoisonEvent(NOT_JSON, f"value is not JSON: {first['msg']}") from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise PoisonEvent(NOT_AN_OBJECT, "value is JSON but not an object") from None
         raise PoisonEvent(SCHEMA_VIOLATION, describe_validation_error(exc)) from None
 
 

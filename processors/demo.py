@@ -13,19 +13,21 @@ import logging
 import random
 import time
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
-from processors import kafka, stack
-from processors.clickhouse import connect, migrate, run_query
+from processors import billing, kafka, pricing, stack
+from processors.clickhouse import connect, migrate
 from processors.codec import encode
+from processors.cost_report import render_csv, render_table
 from processors.samples import sample_outcome
 from processors.settings import Settings
 from processors.topics import create_topics
 from processors.usage_sink import UsageSink
 from schemas.topics import OUTCOMES, topic_spec
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples" / "invalid"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "schemas" / "examples" / "invalid"
+PRICING_FILE = ROOT / "examples" / "pricing.yaml"
 
 
 def _say(msg: str) -> None:
@@ -50,6 +52,8 @@ async def run_demo(settings: Settings, *, events: int, seed: int | None) -> int:
     _say("==> applying ClickHouse migrations")
     for name in migrate(client):
         _say(f"    applied {name}")
+    loaded = pricing.load(client, pricing.parse_file(PRICING_FILE))
+    _say(f"==> loaded {PRICING_FILE.name}: " + ", ".join(f"{n} {t}" for t, n in loaded.items()))
 
     period_start = datetime.now(UTC)
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
@@ -91,10 +95,15 @@ async def run_demo(settings: Settings, *, events: int, seed: int | None) -> int:
     stats = await task
 
     period_end = datetime.now(UTC) + timedelta(seconds=1)
-    rows = run_query(
-        client, "usage_events__by_org_operation", {"start": period_start, "end": period_end}
+    report = billing.cost_report(
+        client, period_start, period_end, default_rate=settings.chargeback_default_rate
     )
-    _print_usage(rows)
+    _say("")
+    _say(render_table(report))
+    csv_path = settings.state_dir / "reports" / f"cost-allocation-{period_start:%Y%m%dT%H%M%S}.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.write_text(render_csv(report))
+    _say(f"==> cost allocation CSV written to {csv_path}")
     settled = stats.inserted + stats.duplicates + stats.conflicts
     ok = settled == events and stats.dead_lettered == len(invalid)
     _say(
@@ -104,17 +113,3 @@ async def run_demo(settings: Settings, *, events: int, seed: int | None) -> int:
         f"{settings.topic(spec.dlq)}"
     )
     return 0 if ok else 1
-
-
-def _print_usage(rows: list[dict[str, object]]) -> None:
-    _say(f"{'organization':<14}{'operation':<12}{'requests':>10}{'tokens':>12}{'cost_usd':>16}")
-    total = Decimal(0)
-    for r in rows:
-        cost = r["cost_usd"]
-        assert isinstance(cost, Decimal)
-        total += cost
-        _say(
-            f"{r['org_id']!s:<14}{r['operation']!s:<12}{r['requests']!s:>10}"
-            f"{r['tokens']!s:>12}{cost:>16.6f}"
-        )
-    _say(f"{'total':<48}{total:>16.6f}")

@@ -22,9 +22,11 @@ import logging
 import os
 import signal
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -129,6 +131,7 @@ class UsageSink:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=100, max_records=self.max_rows)
                 for tp, records in batches.items():
+                    metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=tp.topic).inc(len(records))
                     for record in records:
                         await self._accept(tp, record, dlq)
                 if self._due():
@@ -142,7 +145,6 @@ class UsageSink:
 
     async def _accept(self, tp: TopicPartition, record: Any, dlq: DeadLetterPublisher) -> None:
         self.stats.consumed += 1
-        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=record.topic).inc()
         source = SourceRecord(
             record.topic, record.partition, record.offset, record.key, record.value
         )
@@ -267,19 +269,23 @@ class UsageSink:
             return
         metrics.SINK_BATCH_ROWS.labels(flow=FLOW).observe(len(plan.insert))
         metrics.SINK_INSERT_SECONDS.labels(flow=FLOW).observe(seconds)
-        now = datetime.now(UTC)
-        limit = self.settings.metrics_org_label_limit
+        now = datetime.now(UTC).timestamp()
         lag = metrics.EVENT_LAG_SECONDS.labels(flow=FLOW)
+        statuses: Counter[str] = Counter()
+        cost_by_org: dict[str, Decimal] = defaultdict(Decimal)
         for p in plan.insert:
             o = p.outcome
-            lag.observe(max(0.0, (now - o.event_time).total_seconds()))
-            metrics.LLM_REQUESTS.labels(status=o.status.value).inc()
-            metrics.LLM_COST_USD.labels(organization=metrics.org_label(o.org_id, limit)).inc(
-                float(o.cost_usd)  # Prometheus counters are floats; billing never reads them.
-            )
-            metrics.CACHE_REQUESTS.inc()
-            if o.cache_hit:
-                metrics.CACHE_HITS.inc()
+            lag.observe(max(0.0, now - o.event_time.timestamp()))
+            statuses[o.status] += 1
+            cost_by_org[o.org_id] += o.cost_usd
+        for status, n in statuses.items():
+            metrics.LLM_REQUESTS.labels(status=status).inc(n)
+        limit = self.settings.metrics_org_label_limit
+        for org, cost in cost_by_org.items():
+            # Prometheus counters are floats; billing never reads them.
+            metrics.LLM_COST_USD.labels(organization=metrics.org_label(org, limit)).inc(float(cost))
+        metrics.CACHE_REQUESTS.inc(len(plan.insert))
+        metrics.CACHE_HITS.inc(sum(p.outcome.cache_hit for p in plan.insert))
 
 
 def _text(value: Any) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from processors.billing import allocation_rows
 from processors.clickhouse import (
     ClickHouseConfigError,
     migrate,
@@ -117,10 +118,8 @@ def test_usage_rows_roundtrip_exactly(ch: Client) -> None:
         [usage_row(o, payload_hash(o)) for o in outcomes[:50]],
         column_names=list(USAGE_COLUMNS),
     )
-    rows = run_query(
-        ch,
-        "usage_events__by_org_operation",
-        {"start": start - timedelta(hours=1), "end": start + timedelta(days=1)},
+    rows = allocation_rows(
+        ch, start - timedelta(hours=1), start + timedelta(days=1), default_rate=Decimal("1.2")
     )
     assert sum(r["requests"] for r in rows) == 500
     assert sum(r["cost_usd"] for r in rows) == sum(o.cost_usd for o in outcomes)

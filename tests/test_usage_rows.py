@@ -85,3 +85,21 @@ def test_fresh_ids_all_inserted() -> None:
     batch = [_pending(sample_outcome(rng, WHEN), i) for i in range(100)]
     plan = plan_batch(batch, {uuid.uuid4(): "x" * 64})
     assert len(plan.insert) == 100
+
+
+def test_revoked_partitions_are_dropped_from_the_sink_buffer() -> None:
+    from aiokafka import TopicPartition
+
+    from processors.settings import Settings
+    from processors.usage_sink import UsageSink
+
+    sink = UsageSink(Settings(), client=None, group="g")  # type: ignore[arg-type]
+    rng = random.Random(4)
+    for part in (0, 1, 2):
+        for offset in range(3):
+            o = sample_outcome(rng, WHEN)
+            sink._buffer.append(Pending(o, payload_hash(o), "t", part, offset))
+            sink._next_offsets[TopicPartition("t", part)] = offset + 1
+    sink.drop_partitions({TopicPartition("t", 1)})
+    assert {p.partition for p in sink._buffer} == {0, 2}
+    assert set(sink._next_offsets) == {TopicPartition("t", 0), TopicPartition("t", 2)}

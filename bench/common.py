@@ -1,0 +1,88 @@
+"""Shared benchmark plumbing: stack, unique topics, event production, the bare-consumer ceiling."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import time
+import uuid
+from dataclasses import dataclass
+
+from processors import kafka, stack
+from processors.codec import decode, encode
+from processors.samples import sample_outcome
+from processors.settings import Settings
+from processors.topics import create_topics
+from schemas.events import LLMOutcome
+from schemas.topics import OUTCOMES, topic_spec
+
+
+@dataclass(frozen=True)
+class Rate:
+    events: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else float("inf")
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def bench_settings(base: Settings) -> Settings:
+    """Running stack endpoints and a fresh topic prefix with every topic created."""
+    ep = stack.up(base, progress=lambda m: print(f"  [stack] {m}", flush=True))
+    s = base.model_copy(
+        update={
+            "kafka_bootstrap": ep.kafka_bootstrap,
+            "redis_url": ep.redis_url,
+            "prometheus_url": ep.prometheus_url,
+            "topic_prefix": f"bench{uuid.uuid4().hex[:8]}.",
+        }
+    )
+    await create_topics(s)
+    return s
+
+
+async def produce_outcomes(settings: Settings, n: int, seed: int = 1) -> list[LLMOutcome]:
+    rng = random.Random(seed)
+    events = [sample_outcome(rng) for _ in range(n)]
+    spec = topic_spec(OUTCOMES)
+    producer = kafka.producer(settings, linger_ms=20)
+    await producer.start()
+    try:
+        for i in range(0, n, 10_000):
+            futures = [
+                await producer.send(settings.topic(OUTCOMES), encode(o), key=spec.key_of(o))
+                for o in events[i : i + 10_000]
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return events
+
+
+async def bare_consumer_rate(settings: Settings, n: int) -> Rate:
+    """Ceiling: a bare aiokafka consumer that reads and decodes the same ``n`` events."""
+    consumer = kafka.consumer(
+        settings, settings.topic(OUTCOMES), group=f"bench-bare-{uuid.uuid4().hex[:6]}"
+    )
+    await consumer.start()
+    bounds = settings.event_time_bounds
+    seen = 0
+    try:
+        started = None
+        while seen < n:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if started is None and batches:
+                started = time.perf_counter()
+            for records in batches.values():
+                for r in records:
+                    decode(LLMOutcome, r.value, bounds=bounds)
+                    seen += 1
+        return Rate(seen, time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        await consumer.stop()
