@@ -82,8 +82,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from processors.usage_sink import UsageSink
 
     settings = _settings()
-    if args.flow != "sink":
-        raise UsageError(f"worker {args.flow!r} is not available yet; available: sink")
+    if args.flow == "breaker":
+        from processors.breaker_agent import run_worker
+
+        serve(settings.metrics_port)
+        run_worker(_with_services(settings))
+        return EXIT_OK
     port = serve(settings.metrics_port)
     logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
     sink = UsageSink(
@@ -161,6 +165,62 @@ def cmd_pricing(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- breaker ------------------------------------------------------------------------
+def _with_services(settings: Settings) -> Settings:
+    """Settings with Kafka and Redis addresses filled in from the local stack if unset."""
+    if settings.kafka_bootstrap and settings.redis_url:
+        return settings
+    from processors import stack
+
+    ep = stack.endpoints(settings)
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap": settings.kafka_bootstrap or ep.kafka_bootstrap,
+            "redis_url": settings.redis_url or ep.redis_url,
+        }
+    )
+
+
+def cmd_breaker(args: argparse.Namespace) -> int:
+    from processors import breaker_ops
+    from processors.billing import BillingInputError, parse_instant
+    from schemas.events import BreakerAction
+
+    settings = _with_services(_settings())
+    if args.action == "status":
+        source, snaps = asyncio.run(breaker_ops.status(settings))
+        print(f"source: {source}")
+        print(
+            f"{'provider':<24}{'state':<12}{'version':>8}  {'since':<34}{'next attempt':<34}"
+            f"{'fail rate':>9}{'calls':>7}"
+        )
+        for s in snaps:
+            nxt = s.next_attempt_at.isoformat() if s.next_attempt_at else "-"
+            print(
+                f"{s.provider:<24}{s.state.value:<12}{s.version:>8}  {s.since.isoformat():<34}"
+                f"{nxt:<34}{s.failure_rate:>9.2f}{s.calls_in_window:>7}"
+            )
+        return EXIT_OK
+    if not args.provider:
+        raise UsageError(f"breaker {args.action} needs a PROVIDER")
+    until = None
+    if args.until:
+        try:
+            until = parse_instant(args.until, "until")
+        except BillingInputError as exc:
+            raise UsageError(str(exc)) from None
+    action = BreakerAction(args.action.replace("-", "_"))
+    try:
+        control = asyncio.run(
+            breaker_ops.send_control(settings, args.provider, action, args.reason, until)
+        )
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        raise UsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    print(f"sent {control.action.value} for {control.provider} (event {control.event_id})")
+    return EXIT_OK
+
+
 # --- demo ------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from processors.demo import run_demo
@@ -206,13 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a processor until SIGINT/SIGTERM")
     p.add_argument(
-        "flow", choices=("sink",), help="sink: llm.outcomes.v1 -> ClickHouse usage_events"
+        "flow",
+        choices=("sink", "breaker"),
+        help="sink: llm.outcomes.v1 -> ClickHouse usage_events (and breaker_transitions); "
+        "breaker: fleet-wide circuit breaker (Faust) -> Redis and llm.breaker-state.v1",
     )
     p.add_argument("--batch-rows", type=_positive_int, default=None, help="max rows per insert")
     p.add_argument(
         "--batch-seconds", type=_positive_float, default=None, help="max seconds per batch"
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "breaker",
+        help="read the fleet-wide breaker state or override it",
+        description="status reads Redis (falls back to llm.breaker-state.v1); the other "
+        "actions send a llm.breaker-control.v1 event that the breaker worker applies.",
+    )
+    p.add_argument("action", choices=("status", "force-open", "force-close", "reset", "disable"))
+    p.add_argument("provider", nargs="?", help="provider (or provider/model) breaker key")
+    p.add_argument("--reason", default="operator request", help="why (kept with the event)")
+    p.add_argument("--until", help="force-open end time (then half_open), RFC 3339 or date")
+    p.set_defaults(func=cmd_breaker)
 
     p = sub.add_parser(
         "report",

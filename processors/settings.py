@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         "the 3rd acknowledged insert, before its offsets are committed).",
     )
 
+    # --- breaker -------------------------------------------------------------------
+    breaker_config_file: Path | None = Field(
+        default=None, description="YAML with per-provider breaker settings (see README)."
+    )
+    breaker_tick_seconds: float = Field(default=0.5, gt=0, le=10)
+    breaker_permit_ttl_seconds: float = Field(
+        default=30.0, gt=0, description="Expiry of a half-open probe permit not released."
+    )
+
     # --- metrics -----------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
     metrics_org_label_limit: int = Field(default=50, ge=0)

@@ -187,12 +187,12 @@ class BreakerCore:
     # --- events ----------------------------------------------------------------------
     def tick(self, now: datetime) -> list[Transition]:
         """Time-driven transitions: open (or forced_open with an end) -> half_open."""
-        if self.state in (BreakerState.open, BreakerState.forced_open) and self.open_until:
-            if now >= self.open_until:
-                at = self.open_until
-                self.open_until = None
-                self.probes_ok = 0
-                return [self._move(BreakerState.half_open, at, "open duration elapsed")]
+        timed = self.state in (BreakerState.open, BreakerState.forced_open)
+        if timed and self.open_until is not None and now >= self.open_until:
+            at = self.open_until
+            self.open_until = None
+            self.probes_ok = 0
+            return [self._move(BreakerState.half_open, at, "open duration elapsed")]
         return []
 
     def record(self, call: Call, now: datetime) -> list[Transition]:

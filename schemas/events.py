@@ -354,3 +354,5 @@ class BreakerSnapshot(Event):
     failure_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     calls_in_window: Annotated[int, Field(ge=0)]
     next_attempt_at: AwareDatetime | None = None
+    previous_state: BreakerState | None = None
+    reason: Annotated[str, Field(max_length=100, pattern=r"^[a-z_ ]*$")] | None = None

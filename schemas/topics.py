@@ -27,6 +27,7 @@ FEEDBACK = "llm.feedback.v1"
 PROMPT_VERSIONS = "llm.prompt-versions.v1"
 BREAKER_CONTROL = "llm.breaker-control.v1"
 BREAKER_STATE = "llm.breaker-state.v1"
+BREAKER_TRANSITIONS = "llm.breaker-transitions.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -69,7 +70,12 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(OUTCOMES, LLMOutcome, "provider", 6, "delete", retention_ms=_WEEK_MS),
         TopicSpec(FEEDBACK, Feedback, "prompt_name", 3, "delete", retention_ms=_WEEK_MS),
         TopicSpec(PROMPT_VERSIONS, PromptVersionEvent, "prompt_name", 1, "compact"),
-        TopicSpec(BREAKER_CONTROL, BreakerControl, "provider", 1, "delete", retention_ms=_WEEK_MS),
+        # Same partition count and key as outcomes: the breaker agent reads both
+        # into one table, which Faust requires to be co-partitioned.
+        TopicSpec(BREAKER_CONTROL, BreakerControl, "provider", 6, "delete", retention_ms=_WEEK_MS),
+        TopicSpec(
+            BREAKER_TRANSITIONS, BreakerSnapshot, "provider", 1, "delete", retention_ms=_WEEK_MS
+        ),
         TopicSpec(
             BREAKER_STATE,
             BreakerSnapshot,

@@ -215,7 +215,8 @@ def test_probe_limit_and_escalation_with_cap_and_jitter() -> None:
     durations = []
     for _ in range(4):
         b.record(fail(now), now)
-        assert b.state is BreakerState.open and b.open_until is not None
+        assert b.state is BreakerState.open
+        assert b.open_until is not None
         durations.append((b.open_until - now).total_seconds())
         now = b.open_until
         b.tick(now)
@@ -306,9 +307,7 @@ class Reference:
             return
         self.run = self.run + 1 if failed else 0
         recent = [f for ts, f in self.history if ts >= now - w]
-        if self.cfg.consecutive_failures and self.run >= self.cfg.consecutive_failures:
-            self._open(now)
-        elif (
+        if (self.cfg.consecutive_failures and self.run >= self.cfg.consecutive_failures) or (
             self.cfg.failure_rate_threshold is not None
             and len(recent) >= self.cfg.minimum_calls
             and sum(recent) / len(recent) >= self.cfg.failure_rate_threshold

@@ -1,0 +1,240 @@
+"""Fleet-wide circuit breaker: ``llm.outcomes.v1`` + ``llm.breaker-control.v1`` -> state.
+
+One Faust agent reads outcomes (keyed by provider, no repartition) and operator
+controls (same key and partition count) into the changelog-backed table
+``breaker_state``: one writer per provider, restored after a crash. Every
+transition is published as a versioned ``BreakerSnapshot`` to Redis (applied
+only if newer), to the compacted ``llm.breaker-state.v1``, to
+``llm.breaker-transitions.v1`` (loaded into ClickHouse ``breaker_transitions``
+by the sink) and to Prometheus.
+
+Open -> half_open happens on time without traffic: a timer derives the due
+transition from the stored state (deterministic: it happens at ``open_until``
+with the next version) and publishes it; the agent stores the same transition
+when the provider's next event arrives. The timer also re-applies every
+snapshot to Redis, so Redis recovers from restarts or outages on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+
+from processors import metrics
+from processors.breaker_config import BreakerConfigs
+from processors.codec import PoisonEvent, decode, encode
+from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
+from processors.faust_app import create_app
+from processors.settings import Settings
+from schemas import serving
+from schemas.breaker import BreakerCore, Transition, classify
+from schemas.events import BREAKER_STATE_GAUGE, BreakerControl, BreakerSnapshot, LLMOutcome
+from schemas.topics import (
+    BREAKER_CONTROL,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS,
+    DLQ_SUFFIX,
+    OUTCOMES,
+)
+
+log = logging.getLogger(__name__)
+FLOW = "breaker_state"
+_NAMESPACE = uuid.UUID("0b4a3f0e-3c1d-4a47-9d0e-6c1b2a9f7e55")
+
+
+def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -> BreakerSnapshot:
+    """Serving view after transition ``t`` (default: the current state).
+
+    The event id is stable per (provider, version), so a re-sent snapshot is
+    recognisably the same event downstream.
+    """
+    calls, fails, _ = core.calls_in_window(now)
+    current = t is None or t.version == core.version
+    version = core.version if t is None else t.version
+    since = core.since if t is None else t.at
+    return BreakerSnapshot(
+        event_id=uuid.uuid5(_NAMESPACE, f"{core.provider}:{version}"),
+        event_time=since if since.year > 1970 else now,
+        provider=core.provider,
+        state=core.state if t is None else t.to_state,
+        version=version,
+        since=since,
+        as_of=now,
+        failure_rate=fails / calls if calls else 0.0,
+        calls_in_window=calls,
+        next_attempt_at=core.open_until if current else None,
+        previous_state=t.from_state if t else None,
+        reason=t.reason if t else None,
+    )
+
+
+class _FaustProducer:
+    """``send_and_wait`` shape expected by ``DeadLetterPublisher``, over Faust's producer."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> object:
+        return await self._app.producer.send_and_wait(topic, key, value, partition, None, headers)
+
+
+class BreakerService:
+    """Wiring of the breaker core to Faust, Redis, Kafka and Prometheus."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        configs: BreakerConfigs | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.configs = configs or BreakerConfigs.load(settings.breaker_config_file)
+        self.clock = clock
+        self.app = create_app(settings, "breaker")
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.outcomes = settings.topic(OUTCOMES)
+        self.controls = settings.topic(BREAKER_CONTROL)
+        self.source = self.app.topic(self.outcomes, self.controls, **raw)
+        self.state_topic = self.app.topic(settings.topic(BREAKER_STATE), **raw)
+        self.transitions_topic = self.app.topic(settings.topic(BREAKER_TRANSITIONS), **raw)
+        self.table = self.app.Table(FLOW, default=None, partitions=6)
+        self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
+        self.dlq = DeadLetterPublisher(
+            _FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
+        )
+        self._published: dict[str, int] = {}
+        self._set_if_newer = self.redis.register_script(serving.SET_IF_NEWER)
+        self._release = self.redis.register_script(serving.RELEASE_PERMIT)
+        self.app.agent(self.source, name="breaker")(self._process)
+        self.app.timer(settings.breaker_tick_seconds)(self._tick)
+
+    # --- agent ---------------------------------------------------------------------
+    async def _process(self, stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            try:
+                if msg.topic == self.controls:
+                    await self._on_control(
+                        decode(BreakerControl, event.value, bounds=self._bounds())
+                    )
+                else:
+                    await self._on_outcome(decode(LLMOutcome, event.value, bounds=self._bounds()))
+            except PoisonEvent as poison:
+                # Poison never changes state; raising would only ack it silently.
+                await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
+                self.dlq.poisoned(record)
+                continue
+            self.dlq.ok(record)
+
+    def _bounds(self) -> Any:
+        return self.settings.event_time_bounds
+
+    def _load(self, key: str) -> BreakerCore:
+        data = self.table.get(key)
+        config = self.configs.config_for(key)
+        return BreakerCore.from_dict(data, config) if data else BreakerCore(key, config)
+
+    async def _on_outcome(self, outcome: LLMOutcome) -> None:
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.outcomes).inc()
+        key = self.configs.key_for(outcome.provider, outcome.model)
+        core = self._load(key)
+        now = self.clock()
+        transitions = core.record(classify(outcome, core.config), now)
+        self.table[key] = core.to_dict()
+        if outcome.is_probe:
+            await self._release_permit(key, str(outcome.request_id), core.config.half_open_probes)
+        await self._publish(core, transitions, now)
+
+    async def _on_control(self, control: BreakerControl) -> None:
+        key = control.provider
+        core = self._load(key)
+        now = self.clock()
+        transitions = core.control(control.action, now, control.until)
+        self.table[key] = core.to_dict()
+        await self._publish(core, transitions, now)
+
+    # --- timer -----------------------------------------------------------------------
+    async def _tick(self) -> None:
+        now = self.clock()
+        for key, data in list(self.table.items()):
+            if not data:
+                continue
+            core = BreakerCore.from_dict(data, self.configs.config_for(key))
+            # Derived only: the agent stores the same transition on the next event.
+            transitions = core.tick(now)
+            await self._publish(core, transitions, now, resync=True)
+
+    # --- publishing --------------------------------------------------------------------
+    async def _publish(
+        self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool = False
+    ) -> None:
+        last = self._published.get(core.provider, -1)
+        for t in transitions:
+            if t.version <= last:
+                continue
+            value = encode(snapshot_of(core, now, t))
+            key = core.provider.encode()
+            await self.state_topic.send(key=key, value=value)
+            await self.transitions_topic.send(key=key, value=value)
+            metrics.BREAKER_TRANSITIONS.labels(
+                provider=core.provider, from_state=t.from_state.value, to_state=t.to_state.value
+            ).inc()
+        metrics.CIRCUIT_BREAKER_STATE.labels(provider=core.provider).set(
+            BREAKER_STATE_GAUGE[core.state]
+        )
+        if transitions or resync or core.version > last:
+            await self._to_redis(snapshot_of(core, now, transitions[-1] if transitions else None))
+        self._published[core.provider] = max(last, core.version)
+
+    async def _to_redis(self, snap: BreakerSnapshot) -> None:
+        prefix = self.settings.topic_prefix
+        try:
+            applied = await self._set_if_newer(
+                keys=[serving.breaker_key(prefix, snap.provider)],
+                args=[snap.version, snap.model_dump_json(), serving.breaker_channel(prefix)],
+            )
+            if applied:
+                metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
+                    max(0.0, (datetime.now(UTC) - snap.since).total_seconds())
+                )
+        except (aioredis.RedisError, OSError) as exc:
+            # Redis is a rebuildable view: the timer re-applies snapshots when it is back.
+            log.warning(
+                "redis unavailable, snapshot v%d of %s deferred: %s",
+                snap.version,
+                snap.provider,
+                exc,
+            )
+
+    async def _release_permit(self, key: str, holder: str, slots: int) -> None:
+        try:
+            await self._release(
+                keys=serving.permit_keys(self.settings.topic_prefix, key, slots), args=[holder]
+            )
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("redis unavailable, probe permit left to expire: %s", exc)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the breaker agent until SIGINT/SIGTERM (Faust's worker owns the event loop)."""
+    service = BreakerService(settings)
+    faust.Worker(service.app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+
+
+__all__ = ["BreakerService", "run_worker", "snapshot_of"]

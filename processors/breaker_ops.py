@@ -1,0 +1,97 @@
+"""Operator side of the breaker: read the fleet view, send overrides.
+
+``status`` reads the Redis serving view and falls back to the compacted
+``llm.breaker-state.v1`` topic when Redis is unreachable. Overrides are
+``BreakerControl`` events on ``llm.breaker-control.v1``, applied by the agent
+(so they are ordered with the provider's outcomes and survive restarts).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+
+from processors import kafka
+from processors.codec import PoisonEvent, decode, encode
+from processors.settings import Settings
+from schemas import serving
+from schemas.events import BreakerAction, BreakerControl, BreakerSnapshot
+from schemas.topics import BREAKER_CONTROL, BREAKER_STATE, topic_spec
+
+
+async def send_control(
+    settings: Settings, provider: str, action: BreakerAction, reason: str, until: datetime | None
+) -> BreakerControl:
+    """Validate and produce one control event (acks=all); returns it."""
+    control = BreakerControl(
+        event_id=uuid.uuid4(),
+        event_time=datetime.now(UTC),
+        provider=provider,
+        action=action,
+        reason=reason,
+        until=until,
+    )
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.topic(BREAKER_CONTROL),
+            encode(control),
+            key=topic_spec(BREAKER_CONTROL).key_of(control),
+        )
+    finally:
+        await producer.stop()
+    return control
+
+
+async def status_from_redis(settings: Settings) -> list[BreakerSnapshot]:
+    client = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
+    try:
+        keys = [k async for k in client.scan_iter(serving.breaker_key(settings.topic_prefix, "*"))]
+        out = []
+        for key in sorted(keys):
+            raw = await client.hget(key, "snapshot")
+            if raw:
+                out.append(BreakerSnapshot.model_validate_json(raw))
+        return out
+    finally:
+        await client.aclose()
+
+
+async def status_from_topic(settings: Settings) -> list[BreakerSnapshot]:
+    """Latest snapshot per provider from the compacted state topic."""
+    topic = settings.topic(BREAKER_STATE)
+    consumer = kafka.consumer(settings, group=None)
+    await consumer.start()
+    latest: dict[str, BreakerSnapshot] = {}
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not parts:
+            return []
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    try:
+                        snap = decode(BreakerSnapshot, r.value, bounds=settings.event_time_bounds)
+                    except PoisonEvent:
+                        continue
+                    if snap.version >= latest.get(snap.provider, snap).version:
+                        latest[snap.provider] = snap
+    finally:
+        await consumer.stop()
+    return [latest[k] for k in sorted(latest)]
+
+
+async def status(settings: Settings) -> tuple[str, list[BreakerSnapshot]]:
+    """(source, snapshots): Redis when reachable, else the state topic."""
+    try:
+        return "redis", await status_from_redis(settings)
+    except (aioredis.RedisError, OSError):
+        return "topic", await status_from_topic(settings)

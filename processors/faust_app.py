@@ -1,0 +1,36 @@
+"""Faust app factory: configuration only from Settings (``env={}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from processors import kafka
+from processors.settings import Settings
+
+
+def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
+    """A Faust app for one flow; its id (and consumer group) carries the topic prefix.
+
+    Tables use the in-memory store and are rebuilt from their changelog topics on
+    start, so a crashed worker restarts with the state it had committed.
+    """
+    options: dict[str, Any] = {
+        "broker": f"kafka://{kafka.bootstrap(settings)}",
+        "store": "memory://",
+        "env": {},  # stray FAUST_* / environment variables must not override Settings
+        "topic_replication_factor": settings.topic_replication,
+        "topic_partitions": 6,
+        "web_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+        "processing_guarantee": "at_least_once",
+        "broker_commit_every": 1000,
+        "broker_commit_interval": 1.0,
+        "table_standby_replicas": 0,
+        "producer_acks": -1,
+        "datadir": str((settings.state_dir / "faust" / f"{settings.topic_prefix}{name}").resolve()),
+    }
+    options.update(overrides)
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    return faust.App(f"{settings.topic_prefix}llmpulse-{name}", **options)

@@ -1,0 +1,51 @@
+"""Redis serving-view contract: key names and scripts shared by writers and readers.
+
+The breaker agent (``processors``) writes breaker snapshots and releases probe
+permits; the gateway reads snapshots and takes permits. Neither imports the
+other, so the key layout and the Lua scripts they both rely on live here.
+
+* ``breaker_key(prefix, provider)``: hash with ``version`` and ``snapshot``
+  (``BreakerSnapshot`` JSON); written only through ``SET_IF_NEWER`` so a
+  zombie writer can never move the version backwards.
+* ``breaker_channel(prefix)``: pub/sub channel announcing every applied snapshot.
+* ``permit_key(prefix, provider, slot)``: one of N half-open probe permits,
+  ``SET NX PX`` with the probe's request id as value; released by the holder or
+  by the agent when the probe's outcome arrives (``RELEASE_PERMIT``), or by expiry.
+"""
+
+from __future__ import annotations
+
+#: KEYS[1] = breaker key; ARGV = version, snapshot JSON, channel.
+#: Applies the snapshot only when its version is newer; returns 1 if applied.
+SET_IF_NEWER = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+if tonumber(ARGV[1]) > current then
+  redis.call('HSET', KEYS[1], 'version', ARGV[1], 'snapshot', ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+#: KEYS = permit keys of a provider; ARGV = holder id. Deletes the permit held by it.
+RELEASE_PERMIT = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    return 1
+  end
+end
+return 0
+"""
+
+
+def breaker_key(prefix: str, provider: str) -> str:
+    return f"{prefix}llmpulse:breaker:{provider}"
+
+
+def breaker_channel(prefix: str) -> str:
+    return f"{prefix}llmpulse:breaker-updates"
+
+
+def permit_keys(prefix: str, provider: str, slots: int) -> list[str]:
+    return [f"{prefix}llmpulse:probe-permit:{provider}:{i}" for i in range(slots)]
