@@ -28,6 +28,9 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
         "broker_commit_every": 1000,
         "broker_commit_interval": 1.0,
         "table_standby_replicas": 0,
+        # A crashed worker's partitions move to its replacement within seconds.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 1.0,
         "producer_acks": -1,
         "datadir": str((settings.state_dir / "faust" / f"{settings.topic_prefix}{name}").resolve()),
     }

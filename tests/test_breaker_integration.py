@@ -1,0 +1,285 @@
+"""Breaker agent on real Kafka and Redis, run as a worker process (SIGKILL-able)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from processors import kafka
+from processors.codec import encode
+from processors.settings import Settings
+from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
+from schemas.events import BreakerSnapshot, BreakerState
+from schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
+from tests.harness import read_all, with_unique_topics
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+default:
+  window_seconds: 30
+  consecutive_failures: 3
+  failure_rate_threshold: null
+  open_seconds: 2
+  open_multiplier: 2
+  open_max_seconds: 30
+  jitter_fraction: 0
+  half_open_probes: 2
+providers:
+  prov-kill: {open_seconds: 120, open_max_seconds: 120}
+"""
+
+
+class Worker:
+    """The ``llmpulse worker breaker`` process for this module."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.settings = settings
+        self.tmp = tmp
+        (tmp / "breaker.yaml").write_text(CONFIG)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+        env.update(
+            LLMPULSE_KAFKA_BOOTSTRAP=str(self.settings.kafka_bootstrap),
+            LLMPULSE_REDIS_URL=str(self.settings.redis_url),
+            LLMPULSE_PROMETHEUS_URL=str(self.settings.prometheus_url),
+            LLMPULSE_TOPIC_PREFIX=self.settings.topic_prefix,
+            LLMPULSE_STATE_DIR=str(self.tmp / "state"),
+            LLMPULSE_BREAKER_CONFIG_FILE=str(self.tmp / "breaker.yaml"),
+            LLMPULSE_BREAKER_TICK_SECONDS="0.2",
+        )
+        return env
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.tmp / f"worker{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "processors.cli", "worker", "breaker"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(timeout=30) == -signal.SIGKILL
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+async def topics(services: Settings) -> Settings:
+    return await with_unique_topics(services)
+
+
+@pytest.fixture(scope="module")
+def worker(topics: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    w = Worker(topics, tmp_path_factory.mktemp("breaker"))
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+async def rds(topics: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(str(topics.redis_url))
+    yield client
+    await client.aclose()
+
+
+def outcome(
+    provider: str,
+    ok: bool,
+    *,
+    at: datetime | None = None,
+    probe: bool = False,
+    request_id: uuid.UUID | None = None,
+) -> LLMOutcome:
+    return LLMOutcome(
+        event_id=uuid.uuid4(),
+        event_time=at or datetime.now(UTC),
+        request_id=request_id or uuid.uuid4(),
+        org_id="acme",
+        operation=Operation.completion,
+        provider=provider,
+        model="m1",
+        status=OutcomeStatus.success if ok else OutcomeStatus.failure,
+        error_class=None if ok else ErrorClass.server_error,
+        http_status=200 if ok else 503,
+        latency_ms=20,
+        is_probe=probe,
+    )
+
+
+async def send(settings: Settings, *items: LLMOutcome | tuple[bytes, bytes]) -> None:
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for item in items:
+            if isinstance(item, tuple):
+                await producer.send_and_wait(settings.topic(OUTCOMES), item[1], key=item[0])
+            else:
+                await producer.send_and_wait(
+                    settings.topic(OUTCOMES), encode(item), key=item.provider.encode()
+                )
+    finally:
+        await producer.stop()
+
+
+async def snapshot(
+    rds: aioredis.Redis, settings: Settings, provider: str
+) -> BreakerSnapshot | None:
+    raw = await rds.hget(serving.breaker_key(settings.topic_prefix, provider), "snapshot")
+    return BreakerSnapshot.model_validate_json(raw) if raw else None
+
+
+async def wait_state(
+    rds: aioredis.Redis, settings: Settings, provider: str, state: BreakerState, timeout: float = 60
+) -> BreakerSnapshot:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = await snapshot(rds, settings, provider)
+        if snap and snap.state is state:
+            return snap
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{provider} not {state} after {timeout}s: {snap}")
+
+
+async def test_failures_open_a_while_b_stays_closed(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    await send(
+        topics,
+        *[outcome("prov-b", True) for _ in range(5)],
+        *[outcome("prov-a", False) for _ in range(3)],
+        outcome("prov-b", True),
+    )
+    opened = await wait_state(rds, topics, "prov-a", BreakerState.open)
+    assert opened.previous_state is BreakerState.closed
+    assert opened.reason == "consecutive_failures"
+    b = await snapshot(rds, topics, "prov-b")
+    assert b is not None
+    assert b.state is BreakerState.closed
+
+    # No traffic: half-open exactly when the open duration ends.
+    half = await wait_state(rds, topics, "prov-a", BreakerState.half_open, timeout=10)
+    assert half.since == opened.next_attempt_at
+    assert half.version == opened.version + 1
+
+    # Two successful probes close it; their permits are released by the agent.
+    holders = [uuid.uuid4(), uuid.uuid4()]
+    keys = serving.permit_keys(topics.topic_prefix, "prov-a", 2)
+    for key, holder in zip(keys, holders, strict=True):
+        await rds.set(key, str(holder), px=60_000)
+    now = datetime.now(UTC)
+    await send(
+        topics, *[outcome("prov-a", True, at=now, probe=True, request_id=h) for h in holders]
+    )
+    closed = await wait_state(rds, topics, "prov-a", BreakerState.closed, timeout=10)
+    assert closed.reason == "probes succeeded"
+    assert not await rds.exists(*keys)
+
+    # Open again; a failed probe re-opens with a longer (escalated) duration.
+    await send(topics, *[outcome("prov-a", False) for _ in range(3)])
+    first = await wait_state(rds, topics, "prov-a", BreakerState.open, timeout=10)
+    await wait_state(rds, topics, "prov-a", BreakerState.half_open, timeout=10)
+    await send(topics, outcome("prov-a", False, probe=True))
+    again = await wait_state(rds, topics, "prov-a", BreakerState.open, timeout=10)
+    assert again.reason == "probe failed"
+    assert first.next_attempt_at is not None and again.next_attempt_at is not None
+    assert (again.next_attempt_at - again.since) > (first.next_attempt_at - first.since)
+
+    # Every transition went to the transitions topic in version order.
+    records = await read_all(topics, topics.topic(BREAKER_TRANSITIONS), expected=7, timeout=10)
+    versions = [
+        BreakerSnapshot.model_validate_json(r.value).version for r in records if r.key == b"prov-a"
+    ]
+    assert versions == sorted(set(versions))
+    assert len(versions) >= 6
+
+
+async def test_replayed_backlog_of_old_failures_opens_nothing(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await send(
+        topics, *[outcome("prov-c", False, at=hour_ago) for _ in range(50)], outcome("prov-c", True)
+    )
+    snap = await wait_state(rds, topics, "prov-c", BreakerState.closed, timeout=30)
+    await asyncio.sleep(1)
+    assert (await snapshot(rds, topics, "prov-c")) == snap  # nothing moved it since
+
+
+async def test_poison_goes_to_dlq_and_changes_nothing(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    await send(topics, *[outcome("prov-d", False) for _ in range(2)])
+    bad = outcome("prov-d", False).model_dump(mode="json")
+    bad["latency_ms"] = -5
+    await send(topics, (b"prov-d", json.dumps(bad).encode()), (b"prov-d", b"\x00garbage"))
+    await send(topics, outcome("prov-d", True))  # a success resets the run of two failures
+    await send(topics, *[outcome("prov-d", False) for _ in range(2)])
+    dlq = await read_all(topics, topics.topic(topic_spec(OUTCOMES).dlq), expected=2, timeout=30)
+    assert len(dlq) == 2
+    await asyncio.sleep(1)
+    snap = await snapshot(rds, topics, "prov-d")
+    assert snap is not None
+    assert snap.state is BreakerState.closed  # 2 + 2 failures, never 3 in a row
+
+
+async def test_stale_snapshot_is_rejected(topics: Settings, rds: aioredis.Redis) -> None:
+    key = serving.breaker_key(topics.topic_prefix, "prov-zombie")
+    script = rds.register_script(serving.SET_IF_NEWER)
+    channel = serving.breaker_channel(topics.topic_prefix)
+    assert await script(keys=[key], args=[5, '{"v": 5}', channel]) == 1
+    assert await script(keys=[key], args=[4, '{"v": 4}', channel]) == 0
+    assert await script(keys=[key], args=[5, '{"v": "dup"}', channel]) == 0
+    assert await rds.hget(key, "snapshot") == b'{"v": 5}'
+
+
+async def test_sigkill_while_open_restores_from_changelog(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    await send(topics, *[outcome("prov-kill", False) for _ in range(3)])
+    opened = await wait_state(rds, topics, "prov-kill", BreakerState.open)
+    worker.kill()
+    # Wipe the serving view: whatever appears again must come from the changelog.
+    await rds.delete(serving.breaker_key(topics.topic_prefix, "prov-kill"))
+    worker.start()
+    restored = await wait_state(rds, topics, "prov-kill", BreakerState.open, timeout=90)
+    assert restored.version == opened.version
+    assert restored.next_attempt_at == opened.next_attempt_at
+    # New events continue from the restored state: versions only grow.
+    seen = [restored.version]
+    await send(topics, outcome("prov-kill", True))
+    for _ in range(20):
+        snap = await snapshot(rds, topics, "prov-kill")
+        assert snap is not None
+        seen.append(snap.version)
+        await asyncio.sleep(0.1)
+    assert seen == sorted(seen)
+    final = await snapshot(rds, topics, "prov-kill")
+    assert final is not None
+    assert final.state is BreakerState.open
