@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -77,8 +77,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 # --- workers ---------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
+    from processors.breaker_transitions_sink import BreakerTransitionsSink
     from processors.clickhouse import connect
     from processors.metrics import serve
+    from processors.sink import ClickHouseSink
     from processors.usage_sink import UsageSink
 
     settings = _settings()
@@ -90,13 +92,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_OK
     port = serve(settings.metrics_port)
     logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
-    sink = UsageSink(
-        settings,
-        connect(settings),
-        max_rows=args.batch_rows,
-        max_seconds=args.batch_seconds,
-    )
-    return asyncio.run(_run_until_signal(sink.run))
+    client = connect(settings)
+    sinks: list[ClickHouseSink[Any]] = [
+        UsageSink(settings, client, max_rows=args.batch_rows, max_seconds=args.batch_seconds),
+        BreakerTransitionsSink(settings, client),
+    ]
+
+    async def run_all(stop: asyncio.Event) -> None:
+        await asyncio.gather(*(sink.run(stop) for sink in sinks))
+
+    return asyncio.run(_run_until_signal(run_all))
 
 
 async def _run_until_signal(run: Callable[[asyncio.Event], object]) -> int:

@@ -1,43 +1,23 @@
-"""Usage sink: ``llm.outcomes.v1`` -> ClickHouse ``usage_events``.
+"""Usage sink: ``llm.outcomes.v1`` -> ClickHouse ``usage_events`` (exactly once per event_id).
 
-At-least-once delivery, exactly-once storage:
-
-* each message is decoded once; poison goes to ``llm.outcomes.v1.dlq`` (after
-  the broker acknowledged it) and its offset is committed with the next batch;
-* rows are buffered and inserted in batches bounded by rows and seconds; the
-  batch's event_ids are looked up first so redelivered events are dropped and
-  same-id-different-payload events are quarantined (see ``usage_rows``);
-* offsets are committed only after ClickHouse acknowledged the insert, and only
-  for partitions this worker still owns; a revoked partition's buffer is
-  dropped, never committed (its new owner re-reads it; dedup keeps it exact);
-* ClickHouse errors are retried with capped exponential backoff while every
-  partition is paused, so the worker stays in the group and nothing is
-  dead-lettered or skipped.
+Delivery, batching, retries and rebalances are ``processors.sink``'s. This
+flow adds the dedup step: before inserting, the batch's event_ids are looked up
+so redelivered events are dropped and same-id-different-payload events are
+quarantined in ``usage_conflicts`` (see ``usage_rows`` and the
+``usage_events`` migration).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import signal
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
-from clickhouse_connect.driver.client import Client
-
-from processors import kafka, metrics
-from processors.codec import PoisonEvent, decode
-from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from processors.settings import Settings
+from processors import metrics
+from processors.sink import ClickHouseSink, SinkStats
 from processors.usage_rows import (
     CONFLICT_COLUMNS,
     USAGE_COLUMNS,
@@ -49,192 +29,25 @@ from processors.usage_rows import (
     usage_row,
 )
 from schemas.events import LLMOutcome
-from schemas.topics import OUTCOMES, topic_spec
-
-log = logging.getLogger(__name__)
+from schemas.topics import OUTCOMES
 
 FLOW = "usage_events"
 _LOOKUP = "SELECT event_id, payload_hash FROM usage_events WHERE event_id IN {ids:Array(UUID)}"
 
-
-@dataclass
-class SinkStats:
-    """Counters of one sink run (also exported as Prometheus metrics)."""
-
-    consumed: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    retries: int = 0
+__all__ = ["FLOW", "SinkStats", "UsageSink"]
 
 
-class _DropRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, sink: UsageSink) -> None:
-        self._sink = sink
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._sink.drop_partitions(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
-
-
-class UsageSink:
+class UsageSink(ClickHouseSink[Pending]):
     """Consumes outcomes and loads unique usage rows into ClickHouse."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        client: Client,
-        *,
-        group: str | None = None,
-        max_rows: int | None = None,
-        max_seconds: float | None = None,
-        on_flush: Callable[[SinkStats], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.client = client
-        self.topic = settings.topic(OUTCOMES)
-        self.dlq_topic = settings.topic(topic_spec(OUTCOMES).dlq)
-        self.group = group or f"{settings.consumer_group_prefix}.{FLOW}"
-        self.max_rows = max_rows or settings.sink_batch_max_rows
-        self.max_seconds = max_seconds or settings.sink_batch_max_seconds
-        self.stats = SinkStats()
-        self._on_flush = on_flush
-        self._buffer: list[Pending] = []
-        self._next_offsets: dict[TopicPartition, int] = {}
-        self._batch_started: float | None = None
-        self._inserts_done = 0
+    SOURCE: ClassVar[str] = OUTCOMES
+    MODEL = LLMOutcome
+    FLOW: ClassVar[str] = FLOW
 
-    # --- rebalance -----------------------------------------------------------
-    def drop_partitions(self, revoked: set[TopicPartition]) -> None:
-        """Forget buffered rows and offsets of partitions this worker no longer owns."""
-        self._buffer = [
-            p for p in self._buffer if TopicPartition(p.topic, p.partition) not in revoked
-        ]
-        for tp in revoked:
-            self._next_offsets.pop(tp, None)
+    def pending(self, event: Any, record: Any) -> Pending:
+        return Pending(event, payload_hash(event), record.topic, record.partition, record.offset)
 
-    # --- main loop -----------------------------------------------------------
-    async def run(self, stop: asyncio.Event | None = None) -> SinkStats:
-        """Consume until ``stop`` is set (or forever), flushing a final batch on the way out."""
-        stop = stop or asyncio.Event()
-        consumer = kafka.consumer(self.settings, group=self.group, max_poll_interval_ms=300_000)
-        consumer.subscribe([self.topic], listener=_DropRevoked(self))
-        producer = kafka.producer(self.settings)
-        dlq = DeadLetterPublisher(producer, PoisonLimiter(self.settings.dlq_max_consecutive))
-        await consumer.start()
-        await producer.start()
-        try:
-            while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=100, max_records=self.max_rows)
-                for tp, records in batches.items():
-                    metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=tp.topic).inc(len(records))
-                    for record in records:
-                        await self._accept(tp, record, dlq)
-                if self._due():
-                    await self._flush(consumer)
-            if self._next_offsets:
-                await self._flush(consumer)
-        finally:
-            await producer.stop()
-            await consumer.stop()
-        return self.stats
-
-    async def _accept(self, tp: TopicPartition, record: Any, dlq: DeadLetterPublisher) -> None:
-        self.stats.consumed += 1
-        source = SourceRecord(
-            record.topic, record.partition, record.offset, record.key, record.value
-        )
-        try:
-            outcome = decode(LLMOutcome, record.value, bounds=self.settings.event_time_bounds)
-        except PoisonEvent as poison:
-            await dlq.publish(source, poison, self.dlq_topic)
-            self.stats.dead_lettered += 1
-            dlq.poisoned(source)
-        else:
-            dlq.ok(source)
-            self._buffer.append(
-                Pending(
-                    outcome, payload_hash(outcome), record.topic, record.partition, record.offset
-                )
-            )
-        self._next_offsets[tp] = record.offset + 1
-        if self._batch_started is None:
-            self._batch_started = time.monotonic()
-
-    def _due(self) -> bool:
-        if self._batch_started is None:
-            return False
-        return (
-            len(self._buffer) >= self.max_rows
-            or time.monotonic() - self._batch_started >= self.max_seconds
-        )
-
-    async def _flush(self, consumer: AIOKafkaConsumer) -> None:
-        batch, offsets = self._buffer, dict(self._next_offsets)
-        if batch:
-            await self._write_with_retry(consumer, batch)
-            self._failpoint_after_insert()
-        # The old owner never commits for partitions it lost while writing.
-        owned = consumer.assignment()
-        commit = {tp: off for tp, off in offsets.items() if tp in owned}
-        if commit:
-            try:
-                await consumer.commit(commit)
-            except (CommitFailedError, KafkaError) as exc:
-                # Rebalanced under us: the new owner re-reads; dedup keeps storage exact.
-                log.warning("offset commit skipped after rebalance: %s", exc)
-        # Nothing is accepted while a flush runs (the loop is sequential), so all
-        # that is left is either flushed now or was dropped by a revocation.
-        self._buffer = []
-        self._next_offsets.clear()
-        self._batch_started = None
-        self.stats.batches += 1
-        if self._on_flush:
-            self._on_flush(self.stats)
-
-    async def _write_with_retry(self, consumer: AIOKafkaConsumer, batch: list[Pending]) -> None:
-        delay, paused = 0.2, False
-        while True:
-            try:
-                await asyncio.to_thread(self._write, batch)
-                break
-            except Exception as exc:
-                # Every event in the batch already passed validation, so an insert
-                # failure is infrastructure trouble: retry in place, never DLQ.
-                self.stats.retries += 1
-                metrics.SINK_RETRIES.labels(flow=FLOW).inc()
-                log.warning("ClickHouse write failed (retry in %.1fs): %s", delay, exc)
-                paused = True
-                await self._idle(consumer, delay)
-                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
-        if paused:
-            consumer.resume(*consumer.assignment())
-
-    def _failpoint_after_insert(self) -> None:
-        """Test-only: die by SIGKILL between an acknowledged insert and its commit."""
-        name, _, count = self.settings.failpoint.partition(":")
-        self._inserts_done += 1
-        if name == "sink.kill_after_insert" and self._inserts_done >= int(count):
-            log.warning("failpoint %s: SIGKILL before committing offsets", self.settings.failpoint)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    @staticmethod
-    async def _idle(consumer: AIOKafkaConsumer, seconds: float) -> None:
-        """Wait while staying in the group: poll with every partition paused."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            consumer.pause(*consumer.assignment())
-            got = await consumer.getmany(timeout_ms=max(1, int(min(left, 1.0) * 1000)))
-            for tp, records in got.items():
-                # Newly assigned partitions are not paused yet: rewind, read them later.
-                if records:
-                    consumer.seek(tp, records[0].offset)
-
-    def _write(self, batch: list[Pending]) -> None:
+    def write(self, batch: list[Pending]) -> None:
         """Dedup lookup, conflict quarantine and insert (blocking; runs in a thread)."""
         ids = list({p.outcome.event_id for p in batch})
         stored: dict[UUID, str] = {}

@@ -45,6 +45,6 @@ def ch_session(base_settings: Settings) -> Client:
 @pytest.fixture
 def ch(ch_session: Client) -> Client:
     """The chDB client with empty tables for this test."""
-    for table in ("usage_events", "usage_conflicts"):
+    for table in ("usage_events", "usage_conflicts", "breaker_transitions"):
         ch_session.command(f"TRUNCATE TABLE IF EXISTS {table}")
     return ch_session

@@ -16,14 +16,17 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from clickhouse_connect.driver.client import Client
 
 from processors import kafka
+from processors.breaker_transitions_sink import BreakerTransitionsSink
+from processors.clickhouse import run_query
 from processors.codec import encode
 from processors.settings import Settings
 from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
 from schemas.events import BreakerSnapshot, BreakerState
 from schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
-from tests.harness import read_all, with_unique_topics
+from tests.harness import read_all, wait_for, with_unique_topics
 
 pytestmark = pytest.mark.integration
 
@@ -208,7 +211,8 @@ async def test_failures_open_a_while_b_stays_closed(
     await send(topics, outcome("prov-a", False, probe=True))
     again = await wait_state(rds, topics, "prov-a", BreakerState.open, timeout=10)
     assert again.reason == "probe failed"
-    assert first.next_attempt_at is not None and again.next_attempt_at is not None
+    assert first.next_attempt_at is not None
+    assert again.next_attempt_at is not None
     assert (again.next_attempt_at - again.since) > (first.next_attempt_at - first.since)
 
     # Every transition went to the transitions topic in version order.
@@ -283,3 +287,32 @@ async def test_sigkill_while_open_restores_from_changelog(
     final = await snapshot(rds, topics, "prov-kill")
     assert final is not None
     assert final.state is BreakerState.open
+
+
+async def test_transitions_reach_the_clickhouse_outage_ledger(
+    worker: Worker, topics: Settings, ch: Client
+) -> None:
+    """Runs after the scenarios above: their transitions are loaded and summarised."""
+    stop = asyncio.Event()
+    sink = BreakerTransitionsSink(topics, ch, group="transitions-it", max_seconds=0.2)
+    task = asyncio.create_task(sink.run(stop))
+    await wait_for(lambda: sink.stats.inserted >= 8, 60, "transitions to be loaded")
+    await asyncio.sleep(1)
+    stop.set()
+    await task
+    now = datetime.now(UTC)
+    ledger = {
+        r["provider"]: r
+        for r in run_query(
+            ch,
+            "breaker_transitions__outage_ledger",
+            {"start": now - timedelta(hours=1), "end": now},
+        )
+    }
+    assert ledger["prov-a"]["openings"] >= 3
+    assert 4 <= ledger["prov-a"]["seconds_open"] < 600
+    assert ledger["prov-kill"]["openings"] == 1
+    versions = ch.query(
+        "SELECT version FROM breaker_transitions FINAL WHERE provider = 'prov-a' ORDER BY version"
+    ).result_rows
+    assert [v for (v,) in versions] == list(range(1, len(versions) + 1))

@@ -13,6 +13,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from processors.billing import allocation_rows
+from processors.breaker_transitions_sink import COLUMNS as TRANSITION_COLUMNS
 from processors.clickhouse import (
     ClickHouseConfigError,
     migrate,
@@ -79,7 +80,12 @@ def test_split_statements_ignores_comments() -> None:
 
 
 @pytest.mark.parametrize(
-    ("table", "columns"), [("usage_events", USAGE_COLUMNS), ("usage_conflicts", CONFLICT_COLUMNS)]
+    ("table", "columns"),
+    [
+        ("usage_events", USAGE_COLUMNS),
+        ("usage_conflicts", CONFLICT_COLUMNS),
+        ("breaker_transitions", TRANSITION_COLUMNS),
+    ],
 )
 def test_row_models_match_describe_table(ch: Client, table: str, columns: tuple[str, ...]) -> None:
     described = {r[0]: r[1] for r in ch.query(f"DESCRIBE TABLE {table}").result_rows}
