@@ -18,6 +18,7 @@ snapshot to Redis, so Redis recovers from restarts or outages on its own.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ from schemas.topics import (
 
 log = logging.getLogger(__name__)
 FLOW = "breaker_state"
+_WRITE_EVERY = 1.0
 _NAMESPACE = uuid.UUID("0b4a3f0e-3c1d-4a47-9d0e-6c1b2a9f7e55")
 
 
@@ -118,6 +120,12 @@ class BreakerService:
             _FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
         )
         self._published: dict[str, int] = {}
+        # Breakers of the partitions this worker owns, authoritative in process;
+        # the table (changelog) gets every transition at once and window counts
+        # at most every ``_WRITE_EVERY`` seconds per breaker (see ``_store``).
+        self._cores: dict[str, BreakerCore] = {}
+        self._written: dict[str, float] = {}
+        self.app.on_partitions_revoked.connect(self._forget)
         self._set_if_newer = self.redis.register_script(serving.SET_IF_NEWER)
         self._release = self.redis.register_script(serving.RELEASE_PERMIT)
         self.app.agent(self.source, name="breaker")(self._process)
@@ -146,9 +154,29 @@ class BreakerService:
         return self.settings.event_time_bounds
 
     def _load(self, key: str) -> BreakerCore:
-        data = self.table.get(key)
-        config = self.configs.config_for(key)
-        return BreakerCore.from_dict(data, config) if data else BreakerCore(key, config)
+        core = self._cores.get(key)
+        if core is None:
+            data = self.table.get(key)
+            config = self.configs.config_for(key)
+            core = BreakerCore.from_dict(data, config) if data else BreakerCore(key, config)
+            self._cores[key] = core
+        return core
+
+    def _store(self, core: BreakerCore, changed_state: bool) -> None:
+        """Write to the changelog-backed table: always on a transition, else coalesced.
+
+        A crash can lose at most ``_WRITE_EVERY`` seconds of window counts of a
+        breaker, never a state, version or open deadline.
+        """
+        now = time.monotonic()
+        if changed_state or now - self._written.get(core.provider, 0.0) >= _WRITE_EVERY:
+            self.table[core.provider] = core.to_dict()
+            self._written[core.provider] = now
+
+    async def _forget(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # Another worker may own these breakers now: reload from the table later.
+        self._cores.clear()
+        self._written.clear()
 
     async def _on_outcome(self, outcome: LLMOutcome) -> None:
         metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.outcomes).inc()
@@ -156,7 +184,7 @@ class BreakerService:
         core = self._load(key)
         now = self.clock()
         transitions = core.record(classify(outcome, core.config), now)
-        self.table[key] = core.to_dict()
+        self._store(core, bool(transitions))
         if outcome.is_probe:
             await self._release_permit(key, str(outcome.request_id), core.config.half_open_probes)
         await self._publish(core, transitions, now)
@@ -166,7 +194,7 @@ class BreakerService:
         core = self._load(key)
         now = self.clock()
         transitions = core.control(control.action, now, control.until)
-        self.table[key] = core.to_dict()
+        self._store(core, True)
         await self._publish(core, transitions, now)
 
     # --- timer -----------------------------------------------------------------------
@@ -175,7 +203,9 @@ class BreakerService:
         for key, data in list(self.table.items()):
             if not data:
                 continue
-            core = BreakerCore.from_dict(data, self.configs.config_for(key))
+            cached = self._cores.get(key)
+            base = cached.to_dict() if cached else data
+            core = BreakerCore.from_dict(base, self.configs.config_for(key))
             # Derived only: the agent stores the same transition on the next event.
             transitions = core.tick(now)
             await self._publish(core, transitions, now, resync=True)

@@ -33,7 +33,7 @@ Rules (beyond the seed's consecutive-failure breaker):
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -160,19 +160,20 @@ class BreakerCore:
     level: int = 0
     probes_ok: int = 0
     consecutive: int = 0
-    # (event time, failed, slow) of counted calls, in arrival order.
-    window: deque[tuple[datetime, bool, bool]] = field(default_factory=deque)
+    # Counted calls per event-time second: epoch second -> [calls, failures, slow].
+    # Bounded by window_seconds entries whatever the traffic.
+    window: dict[int, list[int]] = field(default_factory=dict)
 
     # --- queries -------------------------------------------------------------------
     def calls_in_window(self, now: datetime) -> tuple[int, int, int]:
         """(calls, failures, slow calls) within the window ending at ``now``."""
-        cutoff = now - timedelta(seconds=self.config.window_seconds)
+        cutoff = self._cutoff(now)
         calls = fails = slow = 0
-        for ts, failed, was_slow in self.window:
-            if ts >= cutoff:
-                calls += 1
-                fails += failed
-                slow += was_slow
+        for second, (c, f, s) in self.window.items():
+            if second >= cutoff:
+                calls += c
+                fails += f
+                slow += s
         return calls, fails, slow
 
     def failure_rate(self, now: datetime) -> float:
@@ -213,7 +214,10 @@ class BreakerCore:
                 out.append(self._close(call.event_time, "probes succeeded"))
             return out
         self._prune(now)
-        self.window.append((call.event_time, failed, call.slow))
+        bucket = self.window.setdefault(int(call.event_time.timestamp()), [0, 0, 0])
+        bucket[0] += 1
+        bucket[1] += failed
+        bucket[2] += call.slow
         if self.state is not BreakerState.closed:
             return out  # open/forced/disabled: counted for statistics only
         self.consecutive = self.consecutive + 1 if failed else 0
@@ -287,10 +291,14 @@ class BreakerCore:
         self.since = at
         return Transition(self.provider, frm, to, at, self.version, reason)
 
+    def _cutoff(self, now: datetime) -> int:
+        """First epoch second inside the window ending at ``now``."""
+        return math.ceil((now - timedelta(seconds=self.config.window_seconds)).timestamp())
+
     def _prune(self, now: datetime) -> None:
-        cutoff = now - timedelta(seconds=self.config.window_seconds)
-        while self.window and self.window[0][0] < cutoff:
-            self.window.popleft()
+        cutoff = self._cutoff(now)
+        for second in [s for s in self.window if s < cutoff]:
+            del self.window[second]
 
     # --- persistence (Faust table values, JSON-able) --------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -303,7 +311,7 @@ class BreakerCore:
             "level": self.level,
             "probes_ok": self.probes_ok,
             "consecutive": self.consecutive,
-            "window": [[ts.isoformat(), f, s] for ts, f, s in self.window],
+            "window": [[sec, *counts] for sec, counts in self.window.items()],
         }
 
     @classmethod
@@ -318,7 +326,5 @@ class BreakerCore:
             level=int(data["level"]),
             probes_ok=int(data["probes_ok"]),
             consecutive=int(data["consecutive"]),
-            window=deque(
-                (datetime.fromisoformat(t), bool(f), bool(s)) for t, f, s in data["window"]
-            ),
+            window={int(sec): [int(c), int(f), int(s)] for sec, c, f, s in data["window"]},
         )
