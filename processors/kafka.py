@@ -28,9 +28,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def consumer(
-    settings: Settings, *topics: str, group: str | None, **overrides: Any
-) -> AIOKafkaConsumer:
+def consumer(settings: Settings, *topics: str, group: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer with manual commits, reading from the earliest offset (not started)."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),

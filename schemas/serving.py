@@ -27,6 +27,17 @@ end
 return 0
 """
 
+#: KEYS = the N permit keys of a provider; ARGV = holder id, expiry in ms.
+#: Takes the first free permit; returns its 1-based slot, or 0 when all N are held.
+ACQUIRE_PERMIT = """
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return i
+  end
+end
+return 0
+"""
+
 #: KEYS = permit keys of a provider; ARGV = holder id. Deletes the permit held by it.
 RELEASE_PERMIT = """
 for _, key in ipairs(KEYS) do

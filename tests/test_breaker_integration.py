@@ -316,3 +316,61 @@ async def test_transitions_reach_the_clickhouse_outage_ledger(
         "SELECT version FROM breaker_transitions FINAL WHERE provider = 'prov-a' ORDER BY version"
     ).result_rows
     assert [v for (v,) in versions] == list(range(1, len(versions) + 1))
+
+
+async def test_probe_permits_are_bounded_fleet_wide(topics: Settings, rds: aioredis.Redis) -> None:
+    keys = serving.permit_keys(topics.topic_prefix, "prov-permit", 2)
+    acquire = rds.register_script(serving.ACQUIRE_PERMIT)
+    release = rds.register_script(serving.RELEASE_PERMIT)
+    holders = [str(uuid.uuid4()) for _ in range(20)]
+    # 20 app instances race for the permits at once: exactly 2 win.
+    slots = await asyncio.gather(*(acquire(keys=keys, args=[h, 500]) for h in holders))
+    winners = [h for h, slot in zip(holders, slots, strict=True) if slot]
+    assert sorted(s for s in slots if s) == [1, 2]
+    assert await acquire(keys=keys, args=["late", 500]) == 0
+    # Releasing needs the holder's id; a stranger cannot free a permit.
+    assert await release(keys=keys, args=["stranger"]) == 0
+    assert await release(keys=keys, args=[winners[0]]) == 1
+    assert await acquire(keys=keys, args=["next", 500]) != 0
+    # A holder that died: its permit expires.
+    await asyncio.sleep(0.6)
+    assert await acquire(keys=keys, args=["after-expiry", 500]) != 0
+
+
+async def test_operator_controls_and_status_fallback(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    env = worker.env()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "processors.cli", "breaker", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert cli("force-open", "prov-op", "--reason", "incident 42").returncode == 0
+    await wait_state(rds, topics, "prov-op", BreakerState.forced_open)
+    status = cli("status")
+    assert status.returncode == 0
+    assert "source: redis" in status.stdout
+    assert "prov-op" in status.stdout
+    assert "forced_open" in status.stdout
+    assert cli("force-close", "prov-op").returncode == 0
+    closed = await wait_state(rds, topics, "prov-op", BreakerState.closed)
+    assert closed.reason == "operator force_close"
+
+    # Redis unreachable: status reads the compacted llm.breaker-state.v1 topic.
+    env["LLMPULSE_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    fallback = cli("status")
+    assert fallback.returncode == 0, fallback.stderr
+    assert "source: topic" in fallback.stdout
+    line = next(ln for ln in fallback.stdout.splitlines() if ln.startswith("prov-op"))
+    assert "closed" in line
+
+    bad = cli("force-open", "sk-abcdefghijklmnopqrstu")
+    assert bad.returncode == 2
+    assert "credential" in bad.stderr
