@@ -34,8 +34,14 @@ from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
 from processors.faust_app import create_app
 from processors.settings import Settings
 from schemas import serving
-from schemas.breaker import BreakerCore, Transition, classify
-from schemas.events import BREAKER_STATE_GAUGE, BreakerControl, BreakerSnapshot, LLMOutcome
+from schemas.breaker import BreakerCore, Transition, Verdict, classify
+from schemas.events import (
+    BREAKER_STATE_GAUGE,
+    BreakerControl,
+    BreakerSnapshot,
+    BreakerState,
+    LLMOutcome,
+)
 from schemas.topics import (
     BREAKER_CONTROL,
     BREAKER_STATE,
@@ -183,10 +189,15 @@ class BreakerService:
         key = self.configs.key_for(outcome.provider, outcome.model)
         core = self._load(key)
         now = self.clock()
-        transitions = core.record(classify(outcome, core.config), now)
+        transitions = core.tick(now)
+        half_open = core.version if core.state is BreakerState.half_open else None
+        call = classify(outcome, core.config)
+        transitions += core.record(call, now)
         self._store(core, bool(transitions))
-        if outcome.is_probe:
-            await self._release_permit(key, str(outcome.request_id), core.config.half_open_probes)
+        if outcome.is_probe and half_open is not None and call.verdict is Verdict.success:
+            await self._release_permit(
+                key, half_open, str(outcome.request_id), core.config.half_open_probes
+            )
         await self._publish(core, transitions, now)
 
     async def _on_control(self, control: BreakerControl) -> None:
@@ -252,10 +263,11 @@ class BreakerService:
                 exc,
             )
 
-    async def _release_permit(self, key: str, holder: str, slots: int) -> None:
+    async def _release_permit(self, key: str, generation: int, holder: str, slots: int) -> None:
         try:
             await self._release(
-                keys=serving.permit_keys(self.settings.topic_prefix, key, slots), args=[holder]
+                keys=serving.permit_keys(self.settings.topic_prefix, key, generation, slots),
+                args=[holder],
             )
         except (aioredis.RedisError, OSError) as exc:
             log.warning("redis unavailable, probe permit left to expire: %s", exc)

@@ -230,7 +230,7 @@ def cmd_breaker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from processors.demo import run_demo
 
-    return asyncio.run(run_demo(_settings(), events=args.events, seed=args.seed))
+    return asyncio.run(run_demo(_settings(), seconds=args.seconds, rate=args.rate, seed=args.seed))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("demo", help="the main job: local stack, workers, traffic, reports")
-    p.add_argument("--events", type=_positive_int, default=2000, help="valid events (default 2000)")
+    p.add_argument(
+        "--seconds", type=_positive_float, default=30.0, help="traffic duration (default 30)"
+    )
+    p.add_argument(
+        "--rate", type=_positive_float, default=100.0, help="requests per second (default 100)"
+    )
     p.add_argument(
         "--seed", type=int, default=None, help="random seed of the traffic (default: a new one)"
     )

@@ -8,9 +8,13 @@ other, so the key layout and the Lua scripts they both rely on live here.
   (``BreakerSnapshot`` JSON); written only through ``SET_IF_NEWER`` so a
   zombie writer can never move the version backwards.
 * ``breaker_channel(prefix)``: pub/sub channel announcing every applied snapshot.
-* ``permit_key(prefix, provider, slot)``: one of N half-open probe permits,
-  ``SET NX PX`` with the probe's request id as value; released by the holder or
-  by the agent when the probe's outcome arrives (``RELEASE_PERMIT``), or by expiry.
+* ``permit_keys(prefix, provider, generation, n)``: the N half-open probe permits
+  of one half-open period (``generation`` = the breaker version of that
+  half_open snapshot), taken with ``ACQUIRE_PERMIT`` (``SET NX PX``, value = the
+  probe's request id). The agent releases a permit when the probe's successful
+  outcome arrives (``RELEASE_PERMIT``), so the next probe of the same period may
+  go; a failed probe's permit is left to expire, and a re-opened breaker's next
+  half-open period has a new generation, so stale views cannot over-probe.
 """
 
 from __future__ import annotations
@@ -58,5 +62,5 @@ def breaker_channel(prefix: str) -> str:
     return f"{prefix}llmpulse:breaker-updates"
 
 
-def permit_keys(prefix: str, provider: str, slots: int) -> list[str]:
-    return [f"{prefix}llmpulse:probe-permit:{provider}:{i}" for i in range(slots)]
+def permit_keys(prefix: str, provider: str, generation: int, slots: int) -> list[str]:
+    return [f"{prefix}llmpulse:probe-permit:{provider}:{generation}:{i}" for i in range(slots)]

@@ -193,7 +193,7 @@ async def test_failures_open_a_while_b_stays_closed(
 
     # Two successful probes close it; their permits are released by the agent.
     holders = [uuid.uuid4(), uuid.uuid4()]
-    keys = serving.permit_keys(topics.topic_prefix, "prov-a", 2)
+    keys = serving.permit_keys(topics.topic_prefix, "prov-a", half.version, 2)
     for key, holder in zip(keys, holders, strict=True):
         await rds.set(key, str(holder), px=60_000)
     now = datetime.now(UTC)
@@ -319,7 +319,7 @@ async def test_transitions_reach_the_clickhouse_outage_ledger(
 
 
 async def test_probe_permits_are_bounded_fleet_wide(topics: Settings, rds: aioredis.Redis) -> None:
-    keys = serving.permit_keys(topics.topic_prefix, "prov-permit", 2)
+    keys = serving.permit_keys(topics.topic_prefix, "prov-permit", 7, 2)
     acquire = rds.register_script(serving.ACQUIRE_PERMIT)
     release = rds.register_script(serving.RELEASE_PERMIT)
     holders = [str(uuid.uuid4()) for _ in range(20)]

@@ -82,7 +82,7 @@ def test_help_exits_zero(args: list[str]) -> None:
         ),
         (["pricing", "load", "missing.yaml"], "cannot read"),
         (["bogus"], "invalid choice"),
-        (["demo", "--events", "0"], "must be greater than 0"),
+        (["demo", "--rate", "0"], "must be greater than 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
