@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a processor until SIGINT/SIGTERM")
     p.add_argument(
         "flow",
-        choices=("sink", "breaker"),
+        choices=worker_flows(),
         help="sink: llm.outcomes.v1 -> ClickHouse usage_events (and breaker_transitions); "
         "breaker: fleet-wide circuit breaker (Faust) -> Redis and llm.breaker-state.v1",
     )
@@ -329,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_pricing)
     return parser
+
+
+def worker_flows() -> tuple[str, ...]:
+    """The processors ``llmpulse worker`` can run (docker-compose has one service each)."""
+    return ("sink", "breaker")
 
 
 def _positive_int(text: str) -> int:

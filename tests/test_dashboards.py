@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from processors.cli import worker_flows
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
 DASHBOARD = DASHBOARDS / "llm-platform.json"
@@ -84,9 +86,8 @@ BREAKER_STATES: dict[str, str] = {
     "3": "forced_open",
     "4": "disabled",
 }
-WORKER_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
-    {("worker", "sink"), ("worker", "breaker"), ("worker", "prompts")}
-)
+# Every worker the CLI offers (so compose stays in step with `llmpulse worker --help`).
+WORKER_COMMANDS: frozenset[tuple[str, ...]] = frozenset(("worker", flow) for flow in worker_flows())
 
 # PromQL words that look like identifiers but are not metric names.
 _PROMQL_KEYWORDS = frozenset(
@@ -359,7 +360,7 @@ def test_prometheus_scrapes_workers_and_loads_alerts() -> None:
         for static in job.get("static_configs", [])
         for target in static["targets"]
     }
-    assert {"worker-sink:9464", "worker-breaker:9464", "worker-prompts:9464"} <= targets
+    assert {f"worker-{flow}:9464" for flow in worker_flows()} <= targets
     services = compose_services()
     for target in targets - {"localhost:9090"}:
         assert target.split(":")[0] in services, target
@@ -397,7 +398,7 @@ def test_compose_depends_on_existing_services() -> None:
 def test_compose_workers() -> None:
     services = compose_services()
     workers = {name: s for name, s in services.items() if name.startswith("worker-")}
-    assert set(workers) == {"worker-sink", "worker-breaker", "worker-prompts"}
+    assert set(workers) == {f"worker-{flow}" for flow in worker_flows()}
     commands: set[tuple[str, ...]] = set()
     for name, service in workers.items():
         command = service["command"]

@@ -1,0 +1,44 @@
+"""The main job: ``llmpulse demo`` end to end (short run, on the session's services)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from processors.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_and_reports(services: Settings, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+    env.update(
+        LLMPULSE_STATE_DIR=str(tmp_path / "state"),
+        LLMPULSE_KAFKA_BOOTSTRAP=str(services.kafka_bootstrap),
+        LLMPULSE_REDIS_URL=str(services.redis_url),
+        LLMPULSE_PROMETHEUS_URL=str(services.prometheus_url),
+        LLMPULSE_TOPIC_PREFIX="demo-test.",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "processors.cli", "demo", "--seconds", "14", "--rate", "60"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "closed -> open" in out  # the outage opened the breaker
+    assert "Outage ledger" in out
+    assert "Availability:" in out
+    assert "TOTAL" in out
+    csv_path = next((tmp_path / "state" / "reports").glob("cost-allocation-*.csv"))
+    *lines, total = list(csv.DictReader(csv_path.open()))
+    assert sum(Decimal(r["total_cost_usd"]) for r in lines) == Decimal(total["total_cost_usd"])
