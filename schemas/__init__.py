@@ -18,6 +18,7 @@ from schemas.events import (
     Operation,
     OutcomeStatus,
     PromptAction,
+    PromptPerformance,
     PromptVersionEvent,
 )
 from schemas.topics import TOPICS, TopicSpec, topic_spec
@@ -37,6 +38,7 @@ __all__ = [
     "Operation",
     "OutcomeStatus",
     "PromptAction",
+    "PromptPerformance",
     "PromptVersionEvent",
     "TopicSpec",
     "topic_spec",

@@ -356,3 +356,55 @@ class BreakerSnapshot(Event):
     next_attempt_at: AwareDatetime | None = None
     previous_state: BreakerState | None = None
     reason: Annotated[str, Field(max_length=100, pattern=r"^[a-z_ ]*$")] | None = None
+
+
+class PromptPerformance(Event):
+    """One closed rollup of a prompt version over an event-time window (key: prompt_name).
+
+    Each record is a partial from one source partition (``source_topic``,
+    ``source_partition``) starting at ``first_offset``; consumers add partials up
+    (every field is a sum, the latency sketch merges by adding bucket counts).
+    ``is_correction`` marks events that arrived after the window had closed.
+    ``latency_sketch`` maps a log-bucket index to a count (relative error 1%:
+    bucket i covers (g^(i-1), g^i] ms with g = 1.01/0.99; index 0 holds 0 ms).
+    """
+
+    prompt_name: Identifier
+    prompt_version: PromptVersionNumber
+    window_seconds: Annotated[int, Field(ge=1, le=86_400)]
+    window_start: AwareDatetime
+    source_topic: Identifier
+    source_partition: Annotated[int, Field(ge=0)]
+    first_offset: Annotated[int, Field(ge=0)]
+    is_correction: bool = False
+    executions: Annotated[int, Field(ge=0)] = 0
+    successes: Annotated[int, Field(ge=0)] = 0
+    failures: Annotated[int, Field(ge=0)] = 0
+    latency_sum_ms: Annotated[int, Field(ge=0)] = 0
+    latency_sq_ms: Annotated[int, Field(ge=0)] = 0
+    latency_sketch: dict[int, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    input_tokens: Annotated[int, Field(ge=0)] = 0
+    output_tokens: Annotated[int, Field(ge=0)] = 0
+    cost_usd: Annotated[
+        Decimal,
+        BeforeValidator(_require_decimal_string),
+        Field(ge=0, decimal_places=9, allow_inf_nan=False),
+        _decimal_json("sum of reported cost in USD as a decimal string"),
+        _PLAIN,
+    ] = Decimal(0)
+    cost_sq: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    feedback_count: Annotated[int, Field(ge=0)] = 0
+    feedback_sum: Annotated[
+        Decimal,
+        BeforeValidator(_require_decimal_string),
+        Field(ge=0, decimal_places=2, allow_inf_nan=False),
+        _decimal_json("sum of feedback scores as a decimal string"),
+        _PLAIN,
+    ] = Decimal(0)
+    feedback_sq: Annotated[
+        Decimal,
+        BeforeValidator(_require_decimal_string),
+        Field(ge=0, decimal_places=4, allow_inf_nan=False),
+        _decimal_json("sum of squared feedback scores as a decimal string"),
+        _PLAIN,
+    ] = Decimal(0)

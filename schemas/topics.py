@@ -18,6 +18,7 @@ from schemas.events import (
     Feedback,
     LLMOutcome,
     LLMRequest,
+    PromptPerformance,
     PromptVersionEvent,
 )
 
@@ -28,6 +29,7 @@ PROMPT_VERSIONS = "llm.prompt-versions.v1"
 BREAKER_CONTROL = "llm.breaker-control.v1"
 BREAKER_STATE = "llm.breaker-state.v1"
 BREAKER_TRANSITIONS = "llm.breaker-transitions.v1"
+PROMPT_PERFORMANCE = "llm.prompt-performance.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -49,9 +51,14 @@ class TopicSpec:
         """Dead-letter topic for values of this topic that fail validation."""
         return f"{self.name}{DLQ_SUFFIX}"
 
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        """Fields that make the key (``a@b`` in ``key_field`` joins two fields)."""
+        return tuple(self.key_field.split("@"))
+
     def key_of(self, event: BaseModel) -> bytes:
-        """Message key for ``event``: its ``key_field`` value, UTF-8 encoded."""
-        return str(getattr(event, self.key_field)).encode()
+        """Message key for ``event``: its key field values joined by ``@``, UTF-8."""
+        return "@".join(str(getattr(event, f)) for f in self.key_fields).encode()
 
     def topic_configs(self) -> dict[str, str]:
         """Broker-side configuration used by ``llmpulse topics create``."""
@@ -69,7 +76,13 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(REQUESTS, LLMRequest, "provider", 6, "delete", retention_ms=_WEEK_MS),
         TopicSpec(OUTCOMES, LLMOutcome, "provider", 6, "delete", retention_ms=_WEEK_MS),
         TopicSpec(FEEDBACK, Feedback, "prompt_name", 3, "delete", retention_ms=_WEEK_MS),
-        TopicSpec(PROMPT_VERSIONS, PromptVersionEvent, "prompt_name", 1, "compact"),
+        # Keyed by prompt_name@version, not prompt_name: compaction keeps the last
+        # record per key, and every version's latest full record must survive.
+        # One partition keeps the registry in one total order.
+        TopicSpec(PROMPT_VERSIONS, PromptVersionEvent, "prompt_name@version", 1, "compact"),
+        TopicSpec(
+            PROMPT_PERFORMANCE, PromptPerformance, "prompt_name", 3, "delete", retention_ms=_WEEK_MS
+        ),
         # Same partition count and key as outcomes: the breaker agent reads both
         # into one table, which Faust requires to be co-partitioned.
         TopicSpec(BREAKER_CONTROL, BreakerControl, "provider", 6, "delete", retention_ms=_WEEK_MS),

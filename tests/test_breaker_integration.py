@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from clickhouse_connect.driver.client import Client
 
-from processors import kafka
+from processors import kafka, stack
 from processors.breaker_transitions_sink import BreakerTransitionsSink
 from processors.clickhouse import run_query
 from processors.codec import encode
@@ -54,6 +57,9 @@ class Worker:
         (tmp / "breaker.yaml").write_text(CONFIG)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_port = int(s.getsockname()[1])
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
@@ -65,6 +71,7 @@ class Worker:
             LLMPULSE_STATE_DIR=str(self.tmp / "state"),
             LLMPULSE_BREAKER_CONFIG_FILE=str(self.tmp / "breaker.yaml"),
             LLMPULSE_BREAKER_TICK_SECONDS="0.2",
+            LLMPULSE_METRICS_PORT=str(self.metrics_port),
         )
         return env
 
@@ -293,11 +300,15 @@ async def test_transitions_reach_the_clickhouse_outage_ledger(
     worker: Worker, topics: Settings, ch: Client
 ) -> None:
     """Runs after the scenarios above: their transitions are loaded and summarised."""
+    published = await read_all(topics, topics.topic(BREAKER_TRANSITIONS), expected=8, timeout=10)
     stop = asyncio.Event()
     sink = BreakerTransitionsSink(topics, ch, group="transitions-it", max_seconds=0.2)
     task = asyncio.create_task(sink.run(stop))
-    await wait_for(lambda: sink.stats.inserted >= 8, 60, "transitions to be loaded")
-    await asyncio.sleep(1)
+    await wait_for(
+        lambda: sink.stats.consumed >= len(published) and sink.stats.batches > 0,
+        60,
+        "every published transition to be loaded",
+    )
     stop.set()
     await task
     now = datetime.now(UTC)
@@ -374,3 +385,24 @@ async def test_operator_controls_and_status_fallback(
     bad = cli("force-open", "sk-abcdefghijklmnopqrstu")
     assert bad.returncode == 2
     assert "credential" in bad.stderr
+
+
+async def test_prometheus_scrapes_the_breaker_state(worker: Worker, topics: Settings) -> None:
+    """Real Prometheus scrapes the worker: prov-kill (opened above) reads 2 = open."""
+    stack.register_scrape_target(topics, "breaker-it", f"127.0.0.1:{worker.metrics_port}")
+    url = f"{topics.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
+        {"query": 'circuit_breaker_state{provider="prov-kill"}'}
+    )
+    deadline = time.monotonic() + 30
+    value = None
+    while time.monotonic() < deadline:
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read()  # noqa: S310 - http from settings
+        )
+        result = json.loads(body)["data"]["result"]
+        if result:
+            value = result[0]["value"][1]
+            if value == "2":
+                break
+        await asyncio.sleep(0.5)
+    assert value == "2"

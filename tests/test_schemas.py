@@ -145,7 +145,7 @@ def test_json_schema_forbids_extra_fields_and_types_money_as_string() -> None:
 def test_topic_registry_is_consistent() -> None:
     for name, spec in TOPICS.items():
         assert spec.name == name
-        assert spec.key_field in spec.model.model_fields
+        assert set(spec.key_fields) <= set(spec.model.model_fields)
         assert spec.dlq == f"{name}.dlq"
         assert spec.partitions >= 1
     assert TOPICS["llm.breaker-state.v1"].cleanup_policy == "compact"
