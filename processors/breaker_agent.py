@@ -31,7 +31,7 @@ from processors import metrics
 from processors.breaker_config import BreakerConfigs
 from processors.codec import PoisonEvent, decode, encode
 from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from processors.faust_app import create_app
+from processors.faust_app import FaustProducer, create_app
 from processors.settings import Settings
 from schemas import serving
 from schemas.breaker import BreakerCore, Transition, Verdict, classify
@@ -82,24 +82,6 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
     )
 
 
-class _FaustProducer:
-    """``send_and_wait`` shape expected by ``DeadLetterPublisher``, over Faust's producer."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-
-    async def send_and_wait(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> object:
-        return await self._app.producer.send_and_wait(topic, key, value, partition, None, headers)
-
-
 class BreakerService:
     """Wiring of the breaker core to Faust, Redis, Kafka and Prometheus."""
 
@@ -123,7 +105,7 @@ class BreakerService:
         self.table = self.app.Table(FLOW, default=None, partitions=6)
         self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
         self.dlq = DeadLetterPublisher(
-            _FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
+            FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
         )
         self._published: dict[str, int] = {}
         # Breakers of the partitions this worker owns, authoritative in process;

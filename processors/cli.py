@@ -80,15 +80,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from processors.breaker_transitions_sink import BreakerTransitionsSink
     from processors.clickhouse import connect
     from processors.metrics import serve
+    from processors.prompt_sinks import PromptPerformanceSink, PromptVersionsSink
     from processors.sink import ClickHouseSink
     from processors.usage_sink import UsageSink
 
     settings = _settings()
-    if args.flow == "breaker":
-        from processors.breaker_agent import run_worker
+    if args.flow in ("breaker", "prompts"):
+        from processors import breaker_agent, prompts_agent
 
         serve(settings.metrics_port)
-        run_worker(_with_services(settings))
+        runner = breaker_agent.run_worker if args.flow == "breaker" else prompts_agent.run_worker
+        runner(_with_services(settings))
         return EXIT_OK
     port = serve(settings.metrics_port)
     logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
@@ -96,6 +98,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sinks: list[ClickHouseSink[Any]] = [
         UsageSink(settings, client, max_rows=args.batch_rows, max_seconds=args.batch_seconds),
         BreakerTransitionsSink(settings, client),
+        PromptVersionsSink(settings, client),
+        PromptPerformanceSink(settings, client),
     ]
 
     async def run_all(stop: asyncio.Event) -> None:
@@ -226,6 +230,123 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- prompts ------------------------------------------------------------------------
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    from processors import prompt_ops
+    from processors.prompt_registry import (
+        RegistryError,
+        VersionRecord,
+        plan_activate,
+        plan_create,
+        plan_deactivate,
+    )
+
+    settings = _with_services(_settings())
+
+    def decimal(text: str | None, what: str) -> Decimal | None:
+        if text is None:
+            return None
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise UsageError(f"{what} {text!r} is not a number") from None
+        if not value.is_finite():
+            raise UsageError(f"{what} {text!r} is not a finite number")
+        return value
+
+    if args.action == "compare":
+        return _prompts_compare(args, settings)
+    state = asyncio.run(prompt_ops.read_registry(settings))
+    if args.action == "list":
+        for name, prompt in sorted(state.items()):
+            if args.name and name != args.name:
+                continue
+            weights = prompt.effective_weights()
+            for v in prompt.versions.values():
+                share = f"{weights[v.version]:.4f}" if v.version in weights else "-"
+                temp = v.temperature if v.temperature is not None else "-"
+                status = "active" if v.active else "inactive"
+                print(f"{name:<24}v{v.version:<5}{status:<10}share {share:<8}temperature {temp}")
+        return EXIT_OK
+    if not args.name:
+        raise UsageError(f"prompts {args.action} needs a prompt NAME")
+    try:
+        if args.action == "create":
+            content = args.content
+            if args.content_file:
+                content = args.content_file.read_text()
+            if not content:
+                raise UsageError("prompts create needs --content or --content-file")
+            existing = state.get(args.name)
+            record = VersionRecord(
+                version=args.version or (existing.latest + 1 if existing else 1),
+                content=content,
+                system_message=args.system_message,
+                temperature=decimal(args.temperature, "temperature"),
+                max_tokens=args.max_tokens,
+                model=args.model,
+                tags=tuple(args.tag or ()),
+            )
+            events = plan_create(state, args.name, record)
+        elif args.action == "activate":
+            events = plan_activate(
+                state, args.name, _need_version(args), decimal(args.weight, "weight")
+            )
+        else:
+            events = plan_deactivate(state, args.name, _need_version(args))
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        raise UsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    asyncio.run(prompt_ops.append(settings, events))
+    for e in events:
+        print(
+            f"{e.action.value} {e.prompt_name} v{e.version}"
+            + (f" weight {e.ab_weight}" if e.ab_weight is not None else "")
+        )
+    return EXIT_OK
+
+
+def _need_version(args: argparse.Namespace) -> int:
+    if args.version is None:
+        raise UsageError(f"prompts {args.action} needs --version N")
+    return int(args.version)
+
+
+def _prompts_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from processors import billing, prompt_compare, prompt_ops
+    from processors.clickhouse import connect, run_query
+
+    if not args.name:
+        raise UsageError("prompts compare needs a prompt NAME")
+    if not (args.start and args.end):
+        raise UsageError("prompts compare needs --start and --end")
+    try:
+        start = billing.parse_instant(args.start, "start")
+        end = billing.parse_instant(args.end, "end")
+        billing.check_period(start, end)
+    except billing.BillingInputError as exc:
+        raise UsageError(str(exc)) from None
+    window = args.window or min(settings.prompt_windows)
+    state = asyncio.run(prompt_ops.read_registry(settings))
+    if args.name not in state:
+        raise UsageError(f"unknown prompt {args.name!r}")
+    rows = run_query(
+        connect(settings),
+        "prompt_performance__compare",
+        {"prompt": args.name, "window_seconds": window, "start": start, "end": end},
+    )
+    report = prompt_compare.compare(
+        args.name, rows, state[args.name].effective_weights(), args.baseline
+    )
+    render = prompt_compare.render_json if args.format == "json" else prompt_compare.render_text
+    sys.stdout.write(render(report))
+    return EXIT_OK
+
+
 # --- demo ------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from processors.demo import run_demo
@@ -278,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "flow",
         choices=worker_flows(),
-        help="sink: llm.outcomes.v1 -> ClickHouse usage_events (and breaker_transitions); "
-        "breaker: fleet-wide circuit breaker (Faust) -> Redis and llm.breaker-state.v1",
+        help="sink: every flow into ClickHouse (usage_events, breaker_transitions, "
+        "prompt_versions, prompt_performance); breaker: fleet-wide circuit breaker (Faust) -> "
+        "Redis and llm.breaker-state.v1; prompts: windowed prompt rollups (Faust) and the "
+        "registry view in Redis",
     )
     p.add_argument("--batch-rows", type=_positive_int, default=None, help="max rows per insert")
     p.add_argument(
@@ -298,6 +421,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="operator request", help="why (kept with the event)")
     p.add_argument("--until", help="force-open end time (then half_open), RFC 3339 or date")
     p.set_defaults(func=cmd_breaker)
+
+    p = sub.add_parser(
+        "prompts",
+        help="prompt registry (create, activate, deactivate, list) and A/B comparison",
+        description="Versions of a prompt are 1, 2, 3...; activate without --weight makes a "
+        "version the only active one; with --weight (0 to 1) it joins the A/B test and the "
+        "remainder goes to the version activated without a weight (or weights are scaled to 1).",
+    )
+    p.add_argument("action", choices=("create", "activate", "deactivate", "list", "compare"))
+    p.add_argument("name", nargs="?", help="prompt name")
+    p.add_argument("--version", type=_positive_int, help="version (create: defaults to next)")
+    p.add_argument("--content", help="template text (create)")
+    p.add_argument("--content-file", type=Path, help="read the template from a file (create)")
+    p.add_argument("--system-message")
+    p.add_argument("--temperature", help="0 to 2")
+    p.add_argument("--max-tokens", type=_positive_int)
+    p.add_argument("--model")
+    p.add_argument("--tag", action="append", help="repeatable")
+    p.add_argument("--weight", help="A/B weight 0 to 1 (activate)")
+    p.add_argument("--start", help="compare: period start (inclusive)")
+    p.add_argument("--end", help="compare: period end (exclusive)")
+    p.add_argument("--window", type=_positive_int, help="compare: rollup window size in seconds")
+    p.add_argument("--baseline", type=_positive_int, help="compare: baseline version")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser(
         "report",
@@ -333,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def worker_flows() -> tuple[str, ...]:
     """The processors ``llmpulse worker`` can run (docker-compose has one service each)."""
-    return ("sink", "breaker")
+    return ("sink", "breaker", "prompts")
 
 
 def _positive_int(text: str) -> int:

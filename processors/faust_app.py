@@ -37,3 +37,21 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     options.update(overrides)
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     return faust.App(f"{settings.topic_prefix}llmpulse-{name}", **options)
+
+
+class FaustProducer:
+    """``send_and_wait`` shape expected by ``DeadLetterPublisher``, over Faust's producer."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> object:
+        return await self._app.producer.send_and_wait(topic, key, value, partition, None, headers)

@@ -100,6 +100,19 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Expiry of a half-open probe permit not released."
     )
 
+    # --- prompt performance ------------------------------------------------------------
+    prompt_windows: list[int] = Field(
+        default=[60, 3600], min_length=1, description="Tumbling window sizes in seconds."
+    )
+    prompt_window_grace_seconds: float = Field(
+        default=10.0, ge=0, description="Wait after a window ends before closing it."
+    )
+    prompt_partial_retention_seconds: float = Field(
+        default=600.0,
+        gt=60,
+        description="How long a closed window's state is kept after it closed.",
+    )
+
     # --- metrics -----------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
     metrics_org_label_limit: int = Field(default=50, ge=0)

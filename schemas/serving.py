@@ -7,6 +7,8 @@ other, so the key layout and the Lua scripts they both rely on live here.
 * ``breaker_key(prefix, provider)``: hash with ``version`` and ``snapshot``
   (``BreakerSnapshot`` JSON); written only through ``SET_IF_NEWER`` so a
   zombie writer can never move the version backwards.
+* ``prompt_key(prefix, name)``: JSON ``{"prompt_name", "versions": [{"version",
+  "weight", "content", ...}]}`` of the active versions, weights summing to 1.
 * ``breaker_channel(prefix)``: pub/sub channel announcing every applied snapshot.
 * ``permit_keys(prefix, provider, generation, n)``: the N half-open probe permits
   of one half-open period (``generation`` = the breaker version of that
@@ -52,6 +54,11 @@ for _, key in ipairs(KEYS) do
 end
 return 0
 """
+
+
+def prompt_key(prefix: str, prompt_name: str) -> str:
+    """JSON of a prompt's active versions with effective A/B weights (registry agent)."""
+    return f"{prefix}llmpulse:prompt:{prompt_name}"
 
 
 def breaker_key(prefix: str, provider: str) -> str:

@@ -22,6 +22,7 @@ from processors.clickhouse import (
     split_statements,
     sql_dir,
 )
+from processors.prompt_sinks import PERFORMANCE_COLUMNS, VERSION_COLUMNS
 from processors.samples import sample_outcome
 from processors.usage_rows import CONFLICT_COLUMNS, USAGE_COLUMNS, payload_hash, usage_row
 
@@ -85,6 +86,8 @@ def test_split_statements_ignores_comments() -> None:
         ("usage_events", USAGE_COLUMNS),
         ("usage_conflicts", CONFLICT_COLUMNS),
         ("breaker_transitions", TRANSITION_COLUMNS),
+        ("prompt_versions", VERSION_COLUMNS),
+        ("prompt_performance", PERFORMANCE_COLUMNS),
     ],
 )
 def test_row_models_match_describe_table(ch: Client, table: str, columns: tuple[str, ...]) -> None:

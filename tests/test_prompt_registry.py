@@ -108,7 +108,7 @@ def test_invalid_activation(version: int, weight: Decimal, message: str) -> None
 def test_weights_sum_at_most_one() -> None:
     log = Log(3)
     state = log.apply(plan_activate(log.state, "greet", 1, Decimal("0.6")))
-    with pytest.raises(RegistryError, match="sum to 1.1"):
+    with pytest.raises(RegistryError, match=r"sum to 1\.1"):
         plan_activate(state, "greet", 2, Decimal("0.5"))
     # Re-weighting an active version replaces its own weight.
     assert plan_activate(state, "greet", 1, Decimal("0.9"))

@@ -1,0 +1,326 @@
+"""Prompt performance rollups and the registry materializer (``llmpulse worker prompts``).
+
+Rollups: two Faust agents read ``llm.outcomes.v1`` (6 partitions) and
+``llm.feedback.v1`` (3 partitions) without repartitioning. Each keeps partial
+aggregates per (prompt version, window size, window start, source partition)
+in a changelog-backed table, so every key has one writer and a restarted
+worker continues exactly (``prompt_rollup.Partial.seen``). Windows are
+tumbling, by event time, closed ``prompt_window_grace_seconds`` after their
+end; a closed window is emitted to ``llm.prompt-performance.v1`` (the sink
+loads it into ClickHouse ``prompt_performance``). Events that arrive later are
+counted (``llmpulse_late_events_total``) and emitted as correction partials.
+Downstream, partials and corrections simply add up.
+
+Registry: a task follows the compacted ``llm.prompt-versions.v1`` from the
+beginning and writes each prompt's active versions with their effective A/B
+weights to Redis (``schemas.serving.prompt_key``) for the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+
+from processors import kafka, metrics
+from processors.codec import PoisonEvent, decode, encode
+from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
+from processors.faust_app import FaustProducer, create_app
+from processors.prompt_registry import PromptState, fold
+from processors.prompt_rollup import Partial, partial_key, window_start
+from processors.settings import Settings
+from schemas import serving
+from schemas.events import (
+    Feedback,
+    LLMOutcome,
+    OutcomeStatus,
+    PromptPerformance,
+    PromptVersionEvent,
+)
+from schemas.topics import DLQ_SUFFIX, FEEDBACK, OUTCOMES, PROMPT_PERFORMANCE, PROMPT_VERSIONS
+
+log = logging.getLogger(__name__)
+FLOW = "prompt_performance"
+_NAMESPACE = uuid.UUID("6f1c2b7a-0d4e-4c53-9a8e-1b2c3d4e5f60")
+_SWEEP_EVERY = 1.0
+
+
+def performance_record(p: Partial, source_topic: str) -> PromptPerformance:
+    """The emitted form of a closed partial; its id is stable across re-emission."""
+    start = datetime.fromtimestamp(p.window_start, UTC)
+    return PromptPerformance(
+        event_id=uuid.uuid5(_NAMESPACE, f"{source_topic}|{p.key()}|{p.first_offset}"),
+        event_time=datetime.fromtimestamp(p.window_start + p.window_seconds, UTC),
+        prompt_name=p.prompt_name,
+        prompt_version=p.prompt_version,
+        window_seconds=p.window_seconds,
+        window_start=start,
+        source_topic=source_topic,
+        source_partition=p.partition,
+        first_offset=p.first_offset,
+        is_correction=p.is_correction,
+        executions=p.executions,
+        successes=p.successes,
+        failures=p.failures,
+        latency_sum_ms=p.latency_sum_ms,
+        latency_sq_ms=p.latency_sq_ms,
+        latency_sketch=dict(p.latency_sketch),
+        input_tokens=p.input_tokens,
+        output_tokens=p.output_tokens,
+        cost_usd=p.cost_usd,
+        cost_sq=p.cost_sq,
+        feedback_count=p.feedback_count,
+        feedback_sum=p.feedback_sum,
+        feedback_sq=p.feedback_sq,
+    )
+
+
+def registry_view(prompt: PromptState) -> dict[str, Any]:
+    """The Redis serving view of one prompt: active versions and effective weights."""
+    weights = prompt.effective_weights()
+    return {
+        "prompt_name": prompt.name,
+        "versions": [
+            {
+                "version": v.version,
+                "weight": str(weights[v.version]),
+                "content": v.content,
+                "system_message": v.system_message,
+                "temperature": str(v.temperature) if v.temperature is not None else None,
+                "max_tokens": v.max_tokens,
+                "model": v.model,
+            }
+            for v in prompt.active()
+        ],
+    }
+
+
+class PromptsService:
+    """Wiring of the rollup logic to Faust, Kafka and Redis."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.app = create_app(settings, "prompts")
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.sources = {
+            settings.topic(OUTCOMES): self.app.Table(
+                "partials_outcomes", default=None, partitions=6
+            ),
+            settings.topic(FEEDBACK): self.app.Table(
+                "partials_feedback", default=None, partitions=3
+            ),
+        }
+        self.perf_topic = settings.topic(PROMPT_PERFORMANCE)
+        self.dlq = DeadLetterPublisher(
+            FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
+        )
+        self._emitted: set[str] = set()
+        self._last_sweep: dict[tuple[str, int], float] = {}
+        outcomes = self.app.topic(settings.topic(OUTCOMES), **raw)
+        feedback = self.app.topic(settings.topic(FEEDBACK), **raw)
+        self.app.agent(outcomes, name="prompt-outcomes")(self._process)
+        self.app.agent(feedback, name="prompt-feedback")(self._process)
+        self.app.timer(1.0)(self._emit_idle_windows)
+        self.app.task(self._materialize_registry)
+
+    # --- agents -------------------------------------------------------------------------
+    async def _process(self, stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            table = self.sources[msg.topic]
+            try:
+                if msg.topic == self.settings.topic(OUTCOMES):
+                    self._on_outcome(
+                        table,
+                        decode(LLMOutcome, event.value, bounds=self.settings.event_time_bounds),
+                        msg.partition,
+                        msg.offset,
+                    )
+                else:
+                    self._on_feedback(
+                        table,
+                        decode(Feedback, event.value, bounds=self.settings.event_time_bounds),
+                        msg.partition,
+                        msg.offset,
+                    )
+            except PoisonEvent as poison:
+                await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
+                self.dlq.poisoned(record)
+            else:
+                self.dlq.ok(record)
+            await self._sweep(msg.topic, msg.partition)
+
+    def _partials(
+        self, table: Any, name: str, version: int, ts: float, partition: int, offset: int
+    ) -> list[Partial]:
+        """The partial of every window size this event belongs to (late -> correction)."""
+        now = self.clock()
+        grace = self.settings.prompt_window_grace_seconds
+        out = []
+        for size in self.settings.prompt_windows:
+            start = window_start(ts, size)
+            late = now >= start + size + grace
+            key = partial_key(name, version, size, start, partition, late)
+            data = table.get(key)
+            partial = Partial.from_dict(data) if data else None
+            if partial is not None and partial.emitted and late:
+                # The previous correction is out; start another but keep its offset
+                # watermark, so a replayed event is not counted twice.
+                partial = Partial(
+                    name,
+                    version,
+                    size,
+                    start,
+                    partition,
+                    offset,
+                    True,
+                    last_offset=partial.last_offset,
+                )
+            if partial is None:
+                partial = Partial(name, version, size, start, partition, offset, late)
+            if late:
+                metrics.LATE_EVENTS.labels(flow=FLOW).inc()
+            out.append(partial)
+        return out
+
+    def _on_outcome(self, table: Any, o: LLMOutcome, partition: int, offset: int) -> None:
+        if o.prompt_name is None or o.prompt_version is None:
+            return
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(OUTCOMES)).inc()
+        for p in self._partials(
+            table, o.prompt_name, o.prompt_version, o.event_time.timestamp(), partition, offset
+        ):
+            if p.seen(offset):
+                continue
+            p.add_outcome(
+                offset,
+                success=o.status is OutcomeStatus.success,
+                latency_ms=o.latency_ms,
+                input_tokens=o.input_tokens,
+                output_tokens=o.output_tokens,
+                cost_usd=o.cost_usd,
+            )
+            table[p.key()] = p.to_dict()
+
+    def _on_feedback(self, table: Any, f: Feedback, partition: int, offset: int) -> None:
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(FEEDBACK)).inc()
+        for p in self._partials(
+            table, f.prompt_name, f.prompt_version, f.event_time.timestamp(), partition, offset
+        ):
+            if p.seen(offset):
+                continue
+            p.add_feedback(offset, f.score)
+            table[p.key()] = p.to_dict()
+
+    # --- closing windows -------------------------------------------------------------------
+    async def _sweep(self, topic: str, partition: int) -> None:
+        """In-stream (so table writes go to this partition): emit closed, drop old partials."""
+        now = self.clock()
+        if now - self._last_sweep.get((topic, partition), 0.0) < _SWEEP_EVERY:
+            return
+        self._last_sweep[(topic, partition)] = now
+        table = self.sources[topic]
+        grace = self.settings.prompt_window_grace_seconds
+        keep = self.settings.prompt_partial_retention_seconds
+        for key, data in list(table.items()):
+            if not data or int(data["partition"]) != partition:
+                continue
+            p = Partial.from_dict(data)
+            if not p.closed(now, grace):
+                continue
+            if not p.emitted:
+                await self._emit(p, topic)
+                p.emitted = True
+                table[key] = p.to_dict()
+            elif p.closed(now, grace + keep):
+                # Long closed: no uncommitted replay can still belong to it.
+                del table[key]
+
+    async def _emit(self, p: Partial, topic: str) -> None:
+        rec = performance_record(p, topic)
+        await self.app.producer.send_and_wait(
+            self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
+        )
+        self._emitted.add(str(rec.event_id))
+        metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
+            max(0.0, self.clock() - rec.event_time.timestamp())
+        )
+
+    async def _emit_idle_windows(self) -> None:
+        """Emit windows that closed while their partition had no traffic (no table write)."""
+        now = self.clock()
+        grace = self.settings.prompt_window_grace_seconds
+        for topic, table in self.sources.items():
+            for data in list(table.values()):
+                if not data:
+                    continue
+                p = Partial.from_dict(data)
+                rec_id = str(performance_record(p, topic).event_id)
+                if p.closed(now, grace) and not p.emitted and rec_id not in self._emitted:
+                    await self._emit(p, topic)
+
+    # --- registry -----------------------------------------------------------------------------
+    async def _materialize_registry(self) -> None:
+        """Follow the registry topic from the start; write each changed prompt to Redis."""
+        topic = self.settings.topic(PROMPT_VERSIONS)
+        rds = aioredis.Redis.from_url(str(self.settings.redis_url), socket_timeout=2)
+        consumer = kafka.consumer(self.settings, group=f"llmpulse-registry-{uuid.uuid4().hex[:8]}")
+        await consumer.start()
+        events: list[PromptVersionEvent] = []
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                changed: set[str] = set()
+                for records in batch.values():
+                    for r in records:
+                        try:
+                            e = decode(
+                                PromptVersionEvent, r.value, bounds=self.settings.event_time_bounds
+                            )
+                        except PoisonEvent as poison:
+                            log.warning("invalid registry event at offset %d: %s", r.offset, poison)
+                            continue
+                        events.append(e)
+                        changed.add(e.prompt_name)
+                if changed:
+                    state = fold(events)
+                    await self._write_registry(rds, [state[name] for name in changed])
+        finally:
+            await consumer.stop()
+            await rds.aclose()
+
+    async def _write_registry(self, rds: aioredis.Redis, prompts: list[PromptState]) -> None:
+        while True:
+            try:
+                for prompt in prompts:
+                    await rds.set(
+                        serving.prompt_key(self.settings.topic_prefix, prompt.name),
+                        json.dumps(registry_view(prompt)),
+                    )
+                return
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("redis unavailable, registry view retried in 1s: %s", exc)
+                await asyncio.sleep(1)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the prompts worker until SIGINT/SIGTERM (Faust owns the event loop)."""
+    service = PromptsService(settings)
+    faust.Worker(service.app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+
+
+__all__ = ["PromptsService", "performance_record", "registry_view", "run_worker"]
