@@ -511,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command != "worker" and not args.verbose:
+        # aiokafka logs retried, harmless coordinator errors at ERROR level; a
+        # one-shot command reports its own failures as one line.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     from processors.clickhouse import ClickHouseConfigError
     from processors.stack import StackError
 

@@ -124,7 +124,10 @@ class PromptsService:
         self.dlq = DeadLetterPublisher(
             FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
         )
-        self._emitted: set[str] = set()
+        # Record id -> last offset it was emitted with (timer emissions are not
+        # written to the table, so a record that grew is emitted again; the sink's
+        # ReplacingMergeTree keeps the latest copy).
+        self._emitted: dict[str, int] = {}
         self._last_sweep: dict[tuple[str, int], float] = {}
         outcomes = self.app.topic(settings.topic(OUTCOMES), **raw)
         feedback = self.app.topic(settings.topic(FEEDBACK), **raw)
@@ -174,22 +177,21 @@ class PromptsService:
             key = partial_key(name, version, size, start, partition, late)
             data = table.get(key)
             partial = Partial.from_dict(data) if data else None
-            if partial is not None and partial.emitted and late:
-                # The previous correction is out; start another but keep its offset
-                # watermark, so a replayed event is not counted twice.
-                partial = Partial(
-                    name,
-                    version,
-                    size,
-                    start,
-                    partition,
-                    offset,
-                    True,
-                    last_offset=partial.last_offset,
+            if late and (partial is None or partial.emitted):
+                # A new correction starts above every offset this window has applied
+                # (regular partial and earlier corrections), so an event replayed
+                # after a crash is never counted twice.
+                regular = table.get(partial_key(name, version, size, start, partition, False))
+                watermark = max(
+                    partial.last_offset if partial else -1,
+                    int(regular["last_offset"]) if regular else -1,
                 )
-            if partial is None:
-                partial = Partial(name, version, size, start, partition, offset, late)
-            if late:
+                partial = Partial(
+                    name, version, size, start, partition, offset, True, last_offset=watermark
+                )
+            elif partial is None:
+                partial = Partial(name, version, size, start, partition, offset, False)
+            if late and not partial.seen(offset):
                 metrics.LATE_EVENTS.labels(flow=FLOW).inc()
             out.append(partial)
         return out
@@ -252,7 +254,7 @@ class PromptsService:
         await self.app.producer.send_and_wait(
             self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
         )
-        self._emitted.add(str(rec.event_id))
+        self._emitted[str(rec.event_id)] = p.last_offset
         metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
             max(0.0, self.clock() - rec.event_time.timestamp())
         )
@@ -266,8 +268,10 @@ class PromptsService:
                 if not data:
                     continue
                 p = Partial.from_dict(data)
+                if not p.closed(now, grace) or p.emitted:
+                    continue
                 rec_id = str(performance_record(p, topic).event_id)
-                if p.closed(now, grace) and not p.emitted and rec_id not in self._emitted:
+                if self._emitted.get(rec_id) != p.last_offset:
                     await self._emit(p, topic)
 
     # --- registry -----------------------------------------------------------------------------

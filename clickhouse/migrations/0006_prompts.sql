@@ -24,7 +24,9 @@ ORDER BY (prompt_name, version, event_time, event_id);
 -- PromptPerformance -> processors/prompt_sinks.py -> prompt_performance ->
 -- clickhouse/queries/prompt_performance__*.sql). Each row is a partial from one
 -- source partition (or a late-event correction); queries add partials up. A
--- re-emitted partial has the same sorting key and collapses under FINAL.
+-- re-emitted partial has the same sorting key and collapses under FINAL to the
+-- copy that counted the most events (a correction may be emitted, grow, and be
+-- emitted again).
 CREATE TABLE IF NOT EXISTS prompt_performance
 (
     prompt_name      LowCardinality(String),
@@ -48,9 +50,10 @@ CREATE TABLE IF NOT EXISTS prompt_performance
     feedback_count   UInt64,
     feedback_sum     Decimal(38, 2),
     feedback_sq      Decimal(38, 4),
-    event_id         UUID
+    event_id         UUID,
+    events_counted   UInt64 MATERIALIZED executions + feedback_count
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(events_counted)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (prompt_name, prompt_version, window_seconds, window_start, source_topic,
           source_partition, is_correction, first_offset);
