@@ -20,14 +20,19 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from processors import billing, kafka, pricing, stack
+from processors import billing, kafka, pricing, prompt_ops, stack
 from processors.breaker_transitions_sink import BreakerTransitionsSink
 from processors.clickhouse import connect, migrate, run_query
 from processors.cost_report import render_csv, render_table
-from processors.demo_traffic import Outage, TrafficStats, run_traffic
+from processors.demo_traffic import PROMPT, Outage, TrafficStats, run_traffic
+from processors.prompt_compare import compare
+from processors.prompt_compare import render_text as render_compare
+from processors.prompt_registry import VersionRecord, plan_activate, plan_create
+from processors.prompt_sinks import PromptPerformanceSink, PromptVersionsSink
 from processors.settings import Settings
 from processors.sink import ClickHouseSink
 from processors.topics import create_topics
@@ -37,6 +42,7 @@ from schemas.topics import OUTCOMES, topic_spec
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "schemas" / "examples" / "invalid"
 PRICING_FILE = ROOT / "examples" / "pricing.yaml"
+DEMO_WINDOW = 10
 DEMO_BREAKER = """\
 # Written by `llmpulse demo`: short durations so the outage plays out in seconds.
 default:
@@ -88,16 +94,37 @@ async def run_demo(
     loaded = pricing.load(client, pricing.parse_file(PRICING_FILE))
     _say(f"==> loaded {PRICING_FILE.name}: " + ", ".join(f"{n} {t}" for t, n in loaded.items()))
 
-    breaker = _start_breaker_worker(settings)
+    config = settings.state_dir / "demo-breaker.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(DEMO_BREAKER)
+    await _prepare_prompt(settings)
+    breaker = _start_worker(
+        settings,
+        "breaker",
+        LLMPULSE_BREAKER_CONFIG_FILE=str(config.resolve()),
+        LLMPULSE_BREAKER_TICK_SECONDS="0.2",
+    )
+    prompts = _start_worker(
+        settings,
+        "prompts",
+        LLMPULSE_PROMPT_WINDOWS=f"[{DEMO_WINDOW}]",
+        LLMPULSE_PROMPT_WINDOW_GRACE_SECONDS="2",
+    )
     stop = asyncio.Event()
     usage = UsageSink(settings, client, group=f"{settings.consumer_group_prefix}.demo")
     transitions = BreakerTransitionsSink(
         settings, client, group=f"{settings.consumer_group_prefix}.demo", max_seconds=0.5
     )
-    sinks: list[ClickHouseSink[Any]] = [usage, transitions]
+    performance = PromptPerformanceSink(settings, client, max_seconds=0.5)
+    sinks: list[ClickHouseSink[Any]] = [
+        usage,
+        transitions,
+        performance,
+        PromptVersionsSink(settings, client, max_seconds=0.5),
+    ]
     tasks = [asyncio.create_task(s.run(stop)) for s in sinks]
     try:
-        await _wait_breaker_ready(breaker)
+        await _wait_workers_ready(breaker, prompts)
         period_start = datetime.now(UTC)
         outage = Outage("openai", start=seconds * 0.25, end=seconds * 0.6)
         _say(
@@ -119,19 +146,24 @@ async def run_demo(
             ):
                 break
             await asyncio.sleep(0.5)
-        await asyncio.sleep(1.5)  # the last transitions' batch
+        # The last A/B windows close DEMO_WINDOW + grace seconds after traffic ends.
+        _say(f"==> waiting for the last {DEMO_WINDOW}s prompt windows to close")
+        await asyncio.sleep(DEMO_WINDOW + 4)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-        breaker.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            breaker.wait(timeout=20)
+        for worker in (breaker, prompts):
+            worker.terminate()
+        for worker in (breaker, prompts):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(timeout=20)
 
     period_end = datetime.now(UTC) + timedelta(seconds=1)
     period = {"start": period_start, "end": period_end}
     _print_timeline(client, period_start, period_end)
     _print_ledger(client, period)
     _print_availability(stats)
+    await _print_ab_verdict(settings, client, period_start, period_end)
     report = billing.cost_report(
         client, period_start, period_end, default_rate=settings.chargeback_default_rate
     )
@@ -156,34 +188,47 @@ async def run_demo(
     return 0 if ok else 1
 
 
-def _start_breaker_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    config = settings.state_dir / "demo-breaker.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(DEMO_BREAKER)
+def _start_worker(settings: Settings, flow: str, **extra: str) -> subprocess.Popen[bytes]:
+    """A real ``llmpulse worker FLOW`` process on the demo's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
     env.update(
         LLMPULSE_STATE_DIR=str(settings.state_dir.resolve()),
         LLMPULSE_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
         LLMPULSE_REDIS_URL=str(settings.redis_url),
         LLMPULSE_TOPIC_PREFIX=settings.topic_prefix,
-        LLMPULSE_BREAKER_CONFIG_FILE=str(config.resolve()),
-        LLMPULSE_BREAKER_TICK_SECONDS="0.2",
+        **extra,
     )
-    log = (settings.state_dir / "demo-breaker-worker.log").open("wb")
-    _say(f"==> starting the breaker worker (log: {settings.state_dir / 'demo-breaker-worker.log'})")
+    log = settings.state_dir / f"demo-{flow}-worker.log"
+    _say(f"==> starting the {flow} worker (log: {log})")
     return subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", "breaker"],
+        [sys.executable, "-m", "processors.cli", "worker", flow],
         env=env,
-        stdout=log,
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
 
 
-async def _wait_breaker_ready(proc: subprocess.Popen[bytes]) -> None:
-    # The worker needs a few seconds to join its group and recover its table.
+async def _prepare_prompt(settings: Settings) -> None:
+    """Two versions of the demo prompt in a 50/50 A/B test (idempotent across runs)."""
+    state = await prompt_ops.read_registry(settings)
+    if PROMPT not in state:
+        for version, text in ((1, "Answer the customer briefly."), (2, "Answer step by step.")):
+            events = plan_create(
+                state, PROMPT, VersionRecord(version, text, temperature=Decimal("0.3"))
+            )
+            await prompt_ops.append(settings, events)
+            state = await prompt_ops.read_registry(settings)
+    await prompt_ops.append(settings, plan_activate(state, PROMPT, 1, None))
+    state = await prompt_ops.read_registry(settings)
+    await prompt_ops.append(settings, plan_activate(state, PROMPT, 2, Decimal("0.5")))
+    _say(f"==> prompt {PROMPT!r}: v1 and v2 active, 50/50 A/B test (sticky per subject)")
+
+
+async def _wait_workers_ready(*procs: subprocess.Popen[bytes]) -> None:
+    # The workers need a few seconds to join their groups and recover their tables.
     for _ in range(8):
-        if proc.poll() is not None:
-            raise RuntimeError("the breaker worker exited early; see demo-breaker-worker.log")
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a worker exited early; see the demo-*-worker.log files")
         await asyncio.sleep(1)
 
 
@@ -244,6 +289,26 @@ def _print_ledger(client: Any, period: dict[str, datetime]) -> None:
             f"{r['provider']:<12}{r['seconds_open']:>14.1f}{r['openings']:>10}"
             f"{f['failovers']:>11}{f['failover_cost_usd']:>16.6f}"
         )
+
+
+async def _print_ab_verdict(
+    settings: Settings, client: Any, start: datetime, end: datetime
+) -> None:
+    state = await prompt_ops.read_registry(settings)
+    rows = run_query(
+        client,
+        "prompt_performance__compare",
+        {
+            "prompt": PROMPT,
+            "window_seconds": DEMO_WINDOW,
+            "start": start - timedelta(seconds=DEMO_WINDOW),
+            "end": end,
+        },
+    )
+    report = compare(PROMPT, rows, state[PROMPT].effective_weights())
+    _say()
+    _say("A/B test (from ClickHouse prompt_performance, built-in: v2 rejects less, scores higher)")
+    _say(render_compare(report))
 
 
 def _print_availability(stats: TrafficStats) -> None:

@@ -9,6 +9,26 @@ import faust
 from processors import kafka
 from processors.settings import Settings
 
+#: Changelog-backed tables of the Faust apps: (app name, table name, partitions).
+#: ``llmpulse topics create`` creates their changelog topics up front: a topic
+#: that Faust creates lazily can be missing from its metadata when the first
+#: event arrives, and the table write then crashes the agent (losing the event).
+TABLES: tuple[tuple[str, str, int], ...] = (
+    ("breaker", "breaker_state", 6),
+    ("prompts", "partials_outcomes", 6),
+    ("prompts", "partials_feedback", 3),
+)
+
+
+def app_id(settings: Settings, name: str) -> str:
+    """Faust app id (and consumer group) of flow ``name``, carrying the topic prefix."""
+    return f"{settings.topic_prefix}llmpulse-{name}"
+
+
+def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
+    """(changelog topic, partitions) of every Faust table."""
+    return [(f"{app_id(settings, app)}-{table}-changelog", n) for app, table, n in TABLES]
+
 
 def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     """A Faust app for one flow; its id (and consumer group) carries the topic prefix.
@@ -36,7 +56,7 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     }
     options.update(overrides)
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
-    return faust.App(f"{settings.topic_prefix}llmpulse-{name}", **options)
+    return faust.App(app_id(settings, name), **options)
 
 
 class FaustProducer:

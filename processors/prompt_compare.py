@@ -159,7 +159,7 @@ def render_text(r: CompareReport) -> str:
         ):
             ci = _ci(t.low, t.high, fmt)
             estimate = _f(t.estimate, "+" + fmt)
-            p_value = _f(t.p_value, ".4g")
+            p_value = "<1e-15" if t.p_value < 1e-15 else _f(t.p_value, ".4g")
             lines.append(
                 f"  {label:<14}{estimate:>12}  95% CI {ci:<26}p={p_value:<10}{t.verdict.value}"
             )

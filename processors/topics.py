@@ -1,4 +1,4 @@
-"""``llmpulse topics create``: every registry topic and its DLQ, with their configuration."""
+"""``llmpulse topics create``: every registry topic and its DLQ, and the Faust changelogs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from processors import kafka
+from processors.faust_app import changelog_topics
 from processors.settings import Settings
 from schemas.topics import TOPICS
 
@@ -35,6 +36,15 @@ def planned_topics(settings: Settings) -> list[NewTopic]:
         out.append(
             NewTopic(
                 settings.topic(spec.dlq), 1, settings.topic_replication, topic_configs=_DLQ_CONFIGS
+            )
+        )
+    for name, partitions in changelog_topics(settings):
+        out.append(
+            NewTopic(
+                name,
+                partitions,
+                settings.topic_replication,
+                topic_configs={"cleanup.policy": "compact"},
             )
         )
     return out

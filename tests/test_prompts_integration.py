@@ -239,7 +239,9 @@ async def test_rollups_equal_brute_force_with_late_events_and_a_crash(
             await asyncio.sleep(0.5)
         await send_batch(60, jitter=30, late=True)
         # Crash mid-window (the 2 s and 10 s windows of the last batches are open),
-        # restart, and continue once the dead member has left the group.
+        # restart, and continue once the killed member has left the group. (Known
+        # gap: a backlog processed by the restarted worker during that takeover
+        # was seen to be miscounted; see the README.)
         worker.send_signal(signal.SIGKILL)
         assert worker.wait(timeout=30) == -signal.SIGKILL
         worker = subprocess.Popen(
@@ -249,6 +251,7 @@ async def test_rollups_equal_brute_force_with_late_events_and_a_crash(
             stderr=subprocess.STDOUT,
         )
         await asyncio.sleep(16)
+        await send_batch(200, jitter=2)
         for _ in range(4):
             await send_batch(100, jitter=4)
             await asyncio.sleep(0.5)
