@@ -29,14 +29,13 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.common import bench_settings
+from bench.common import bare_consumer, bench_settings, blast, wait_committed
 from processors import kafka
-from processors.codec import decode, encode
+from processors.codec import encode
 from processors.settings import Settings
 from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
 from schemas.events import BreakerSnapshot
 from schemas.topics import OUTCOMES
-from tests.harness import committed_offsets
 
 CONFIG = "default: {consecutive_failures: 3, failure_rate_threshold: null, open_seconds: 600}\n"
 
@@ -54,46 +53,6 @@ def outcome(provider: str, ok: bool) -> LLMOutcome:
         error_class=None if ok else ErrorClass.server_error,
         latency_ms=50,
     )
-
-
-async def blast(settings: Settings, payloads: list[tuple[bytes, bytes]]) -> float:
-    producer = kafka.producer(settings, linger_ms=10)
-    await producer.start()
-    started = time.perf_counter()
-    try:
-        futures = [await producer.send(settings.topic(OUTCOMES), v, key=k) for k, v in payloads]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return started
-
-
-async def wait_committed(settings: Settings, group: str, n: int) -> float:
-    while True:
-        offsets = await committed_offsets(settings, settings.topic(OUTCOMES), group)
-        if sum(v or 0 for v in offsets.values()) >= n:
-            return time.perf_counter()
-        await asyncio.sleep(0.2)
-
-
-async def bare_consumer(settings: Settings, group: str, n: int, ready: asyncio.Event) -> None:
-    consumer = kafka.consumer(
-        settings, settings.topic(OUTCOMES), group=group, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    ready.set()
-    seen = 0
-    try:
-        while seen < n:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for records in batch.values():
-                for r in records:
-                    decode(LLMOutcome, r.value, bounds=settings.event_time_bounds)
-                    seen += 1
-            if batch:
-                await consumer.commit()
-    finally:
-        await consumer.stop()
 
 
 def start_worker(settings: Settings, tmp: Path) -> subprocess.Popen[bytes]:

@@ -16,6 +16,7 @@ from processors.settings import Settings
 from processors.topics import create_topics
 from schemas.events import LLMOutcome
 from schemas.topics import OUTCOMES, topic_spec
+from tests.harness import committed_offsets
 
 
 @dataclass(frozen=True)
@@ -84,5 +85,45 @@ async def bare_consumer_rate(settings: Settings, n: int) -> Rate:
                     decode(LLMOutcome, r.value, bounds=bounds)
                     seen += 1
         return Rate(seen, time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        await consumer.stop()
+
+
+async def blast(settings: Settings, payloads: list[tuple[bytes, bytes]]) -> float:
+    producer = kafka.producer(settings, linger_ms=10)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [await producer.send(settings.topic(OUTCOMES), v, key=k) for k, v in payloads]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return started
+
+
+async def wait_committed(settings: Settings, group: str, n: int) -> float:
+    while True:
+        offsets = await committed_offsets(settings, settings.topic(OUTCOMES), group)
+        if sum(v or 0 for v in offsets.values()) >= n:
+            return time.perf_counter()
+        await asyncio.sleep(0.2)
+
+
+async def bare_consumer(settings: Settings, group: str, n: int, ready: asyncio.Event) -> None:
+    consumer = kafka.consumer(
+        settings, settings.topic(OUTCOMES), group=group, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    ready.set()
+    seen = 0
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    decode(LLMOutcome, r.value, bounds=settings.event_time_bounds)
+                    seen += 1
+            if batch:
+                await consumer.commit()
     finally:
         await consumer.stop()

@@ -1,0 +1,107 @@
+"""Prompt rollup agent throughput as a ratio to a bare aiokafka consumer, same run.
+
+    python -m bench.prompts_agent [--events 30000]
+
+The agent (a real ``llmpulse worker prompts`` process, 60 s and 3600 s windows)
+and a bare aiokafka consumer (decoding each event) are idle; N outcome events
+of 4 prompt versions are produced as fast as possible, and each side's time
+runs from the first send until its group committed offset N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import bare_consumer, bench_settings, blast, wait_committed
+from processors.codec import encode
+from processors.faust_app import app_id
+from processors.settings import Settings
+from schemas import LLMOutcome, Operation, OutcomeStatus
+
+
+def outcome(rng: random.Random) -> LLMOutcome:
+    return LLMOutcome(
+        event_id=uuid.uuid4(),
+        event_time=datetime.now(UTC),
+        request_id=uuid.uuid4(),
+        org_id="bench",
+        operation=Operation.completion,
+        provider=f"p{rng.randrange(6)}",
+        model="m",
+        prompt_name="bench-prompt",
+        prompt_version=rng.randint(1, 4),
+        status=OutcomeStatus.success,
+        latency_ms=rng.randint(50, 2000),
+        input_tokens=rng.randint(10, 1000),
+        output_tokens=rng.randint(10, 500),
+    )
+
+
+async def main_async(events: int) -> None:
+    base = Settings()
+    with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
+        agent_s = await bench_settings(base)
+        bare_s = await bench_settings(base)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+        env.update(
+            LLMPULSE_KAFKA_BOOTSTRAP=str(agent_s.kafka_bootstrap),
+            LLMPULSE_REDIS_URL=str(agent_s.redis_url),
+            LLMPULSE_TOPIC_PREFIX=agent_s.topic_prefix,
+            LLMPULSE_STATE_DIR=str(Path(tmp) / "state"),
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "processors.cli", "worker", "prompts"],
+            env=env,
+            stdout=(Path(tmp) / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            rng = random.Random(1)
+            group = app_id(agent_s, "prompts")
+            await blast(agent_s, [(b"p0", encode(outcome(rng)))])  # warm-up
+            await wait_committed(agent_s, group, 1)
+            payloads = []
+            for _ in range(events):
+                o = outcome(rng)
+                payloads.append((o.provider.encode(), encode(o)))
+            ready = asyncio.Event()
+            task = asyncio.create_task(bare_consumer(bare_s, "bench-bare", events, ready))
+            await ready.wait()
+            await asyncio.sleep(2)
+            t0 = await blast(bare_s, payloads)
+            bare_secs = await wait_committed(bare_s, "bench-bare", events) - t0
+            await task
+            t0 = await blast(agent_s, payloads)
+            agent_secs = await wait_committed(agent_s, group, events + 1) - t0
+            print(
+                f"throughput, {events} outcome events (4 prompt versions, windows 60 s + 3600 s):"
+            )
+            print(f"  bare aiokafka consumer + decode : {events / bare_secs:9.0f} events/s")
+            print(f"  prompt rollup agent (Faust)     : {events / agent_secs:9.0f} events/s")
+            print(f"  ratio agent / bare              : {bare_secs / agent_secs:9.2f}")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=30_000)
+    args = parser.parse_args()
+    started = time.monotonic()
+    asyncio.run(main_async(args.events))
+    print(f"(run took {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
