@@ -101,7 +101,11 @@ def t_sf_two_sided(t: float, df: float) -> float:
     """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
     if math.isinf(df):
         return 2.0 * (1.0 - normal_cdf(abs(t)))
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+    t2 = t * t
+    if t2 < df:
+        # Near t = 0, df / (df + t^2) rounds to 1; use I_x(a, b) = 1 - I_(1-x)(b, a).
+        return 1.0 - betainc(0.5, df / 2.0, t2 / (df + t2))
+    return betainc(df / 2.0, 0.5, df / (df + t2))
 
 
 def t_quantile_975(df: float) -> float:
