@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -57,11 +56,7 @@ def outcome(provider: str, ok: bool) -> LLMOutcome:
 
 def start_worker(settings: Settings, tmp: Path) -> subprocess.Popen[bytes]:
     (tmp / "breaker.yaml").write_text(CONFIG)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env.update(
-        LLMPULSE_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
-        LLMPULSE_REDIS_URL=str(settings.redis_url),
-        LLMPULSE_TOPIC_PREFIX=settings.topic_prefix,
+    env = settings.child_env(
         LLMPULSE_STATE_DIR=str(tmp / "state"),
         LLMPULSE_BREAKER_CONFIG_FILE=str(tmp / "breaker.yaml"),
     )

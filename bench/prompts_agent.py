@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -52,11 +51,7 @@ async def main_async(events: int) -> None:
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
         agent_s = await bench_settings(base)
         bare_s = await bench_settings(base)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-        env.update(
-            LLMPULSE_KAFKA_BOOTSTRAP=str(agent_s.kafka_bootstrap),
-            LLMPULSE_REDIS_URL=str(agent_s.redis_url),
-            LLMPULSE_TOPIC_PREFIX=agent_s.topic_prefix,
+        env = agent_s.child_env(
             LLMPULSE_STATE_DIR=str(Path(tmp) / "state"),
         )
         worker = subprocess.Popen(

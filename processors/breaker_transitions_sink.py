@@ -7,11 +7,9 @@ in the ReplacingMergeTree; the ledger queries read with FINAL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from processors import metrics
-from processors.sink import ClickHouseSink
+from processors.sink import RowSink
 from schemas.events import BreakerSnapshot
 from schemas.topics import BREAKER_TRANSITIONS
 
@@ -30,13 +28,6 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class TransitionItem:
-    snapshot: BreakerSnapshot
-    topic: str
-    partition: int
-
-
 def transition_row(s: BreakerSnapshot) -> list[Any]:
     """One ``breaker_transitions`` row in ``COLUMNS`` order."""
     return [
@@ -53,19 +44,12 @@ def transition_row(s: BreakerSnapshot) -> list[Any]:
     ]
 
 
-class BreakerTransitionsSink(ClickHouseSink[TransitionItem]):
+class BreakerTransitionsSink(RowSink):
     SOURCE: ClassVar[str] = BREAKER_TRANSITIONS
     MODEL = BreakerSnapshot
     FLOW: ClassVar[str] = FLOW
+    TABLE: ClassVar[str] = "breaker_transitions"
+    COLUMNS: ClassVar[tuple[str, ...]] = COLUMNS
 
-    def pending(self, event: Any, record: Any) -> TransitionItem:
-        return TransitionItem(event, record.topic, record.partition)
-
-    def write(self, batch: list[TransitionItem]) -> None:
-        self.client.insert(
-            "breaker_transitions",
-            [transition_row(item.snapshot) for item in batch],
-            column_names=list(COLUMNS),
-        )
-        self.stats.inserted += len(batch)
-        metrics.SINK_BATCH_ROWS.labels(flow=FLOW).observe(len(batch))
+    def row(self, event: Any) -> list[Any]:
+        return transition_row(event)

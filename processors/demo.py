@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -190,14 +189,7 @@ async def run_demo(
 
 def _start_worker(settings: Settings, flow: str, **extra: str) -> subprocess.Popen[bytes]:
     """A real ``llmpulse worker FLOW`` process on the demo's services."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env.update(
-        LLMPULSE_STATE_DIR=str(settings.state_dir.resolve()),
-        LLMPULSE_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
-        LLMPULSE_REDIS_URL=str(settings.redis_url),
-        LLMPULSE_TOPIC_PREFIX=settings.topic_prefix,
-        **extra,
-    )
+    env = settings.child_env(**extra)
     log = settings.state_dir / f"demo-{flow}-worker.log"
     _say(f"==> starting the {flow} worker (log: {log})")
     return subprocess.Popen(

@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
-
-from processors.sink import ClickHouseSink
+from processors.sink import RowSink
 from schemas.events import PromptPerformance, PromptVersionEvent
 from schemas.topics import PROMPT_PERFORMANCE, PROMPT_VERSIONS
 
@@ -55,13 +52,6 @@ PERFORMANCE_COLUMNS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Item:
-    event: BaseModel
-    topic: str
-    partition: int
-
-
 def version_row(e: PromptVersionEvent) -> list[Any]:
     return [
         e.prompt_name,
@@ -83,29 +73,23 @@ def performance_row(p: PromptPerformance) -> list[Any]:
     return [getattr(p, c) for c in PERFORMANCE_COLUMNS]
 
 
-class PromptVersionsSink(ClickHouseSink[Item]):
+class PromptVersionsSink(RowSink):
     SOURCE: ClassVar[str] = PROMPT_VERSIONS
     MODEL = PromptVersionEvent
     FLOW: ClassVar[str] = "prompt_versions"
+    TABLE: ClassVar[str] = "prompt_versions"
+    COLUMNS: ClassVar[tuple[str, ...]] = VERSION_COLUMNS
 
-    def pending(self, event: Any, record: Any) -> Item:
-        return Item(event, record.topic, record.partition)
-
-    def write(self, batch: list[Item]) -> None:
-        rows = [version_row(i.event) for i in batch if isinstance(i.event, PromptVersionEvent)]
-        self.client.insert("prompt_versions", rows, column_names=list(VERSION_COLUMNS))
-        self.stats.inserted += len(rows)
+    def row(self, event: Any) -> list[Any]:
+        return version_row(event)
 
 
-class PromptPerformanceSink(ClickHouseSink[Item]):
+class PromptPerformanceSink(RowSink):
     SOURCE: ClassVar[str] = PROMPT_PERFORMANCE
     MODEL = PromptPerformance
     FLOW: ClassVar[str] = "prompt_performance"
+    TABLE: ClassVar[str] = "prompt_performance"
+    COLUMNS: ClassVar[tuple[str, ...]] = PERFORMANCE_COLUMNS
 
-    def pending(self, event: Any, record: Any) -> Item:
-        return Item(event, record.topic, record.partition)
-
-    def write(self, batch: list[Item]) -> None:
-        rows = [performance_row(i.event) for i in batch if isinstance(i.event, PromptPerformance)]
-        self.client.insert("prompt_performance", rows, column_names=list(PERFORMANCE_COLUMNS))
-        self.stats.inserted += len(rows)
+    def row(self, event: Any) -> list[Any]:
+        return performance_row(event)

@@ -1,4 +1,4 @@
-"""The one place llmpulse reads its configuration.
+"""The one place llmpulse reads its configuration (and hands it to child processes).
 
 Every value comes from an ``LLMPULSE_*`` environment variable or a ``.env`` file,
 is validated once here, and is then passed down explicitly. No other module
@@ -7,6 +7,7 @@ reads ``os.environ``; the Faust app is created with ``env={}`` for the same reas
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -139,6 +140,23 @@ class Settings(BaseSettings):
     def event_time_bounds(self) -> EventTimeBounds:
         """Accepted event_time range relative to the validating clock."""
         return EventTimeBounds(max_past=self.event_max_past, max_future=self.event_max_future)
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        """Environment for an ``llmpulse`` child process on the same services.
+
+        Starts from this process's environment without any ``LLMPULSE_*``
+        variable, then sets the service addresses, topic prefix and state folder
+        of these settings, then ``extra`` (``LLMPULSE_*`` names).
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+        env["LLMPULSE_STATE_DIR"] = str(self.state_dir.resolve())
+        env["LLMPULSE_TOPIC_PREFIX"] = self.topic_prefix
+        for name in ("kafka_bootstrap", "redis_url", "prometheus_url"):
+            value = getattr(self, name)
+            if value:
+                env[f"LLMPULSE_{name.upper()}"] = str(value)
+        env.update(extra)
+        return env
 
     def topic(self, name: str) -> str:
         """Qualified topic name for a registry name (applies ``topic_prefix``)."""

@@ -246,3 +246,38 @@ class ClickHouseSink(ABC, Generic[P]):
     @abstractmethod
     def write(self, batch: list[P]) -> None:
         """Write ``batch`` to ClickHouse (blocking; raises on any failure to retry it)."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded event and the partition it came from (the buffer item of ``RowSink``)."""
+
+    event: Any
+    topic: str
+    partition: int
+
+
+class RowSink(ClickHouseSink[Decoded]):
+    """A flow whose storage is idempotent by itself: one row per event, plain insert.
+
+    Subclasses give ``TABLE``, ``COLUMNS`` and ``row`` (event -> values in order);
+    re-delivered events must collapse in the table (ReplacingMergeTree on a key
+    that the event determines).
+    """
+
+    TABLE: ClassVar[str]
+    COLUMNS: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def row(self, event: Any) -> list[Any]:
+        """Column values of ``event`` in ``COLUMNS`` order."""
+
+    def pending(self, event: Any, record: Any) -> Decoded:
+        return Decoded(event, record.topic, record.partition)
+
+    def write(self, batch: list[Decoded]) -> None:
+        self.client.insert(
+            self.TABLE, [self.row(item.event) for item in batch], column_names=list(self.COLUMNS)
+        )
+        self.stats.inserted += len(batch)
+        metrics.SINK_BATCH_ROWS.labels(flow=self.FLOW).observe(len(batch))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -62,12 +61,7 @@ class Worker:
             self.metrics_port = int(s.getsockname()[1])
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-        env.update(
-            LLMPULSE_KAFKA_BOOTSTRAP=str(self.settings.kafka_bootstrap),
-            LLMPULSE_REDIS_URL=str(self.settings.redis_url),
-            LLMPULSE_PROMETHEUS_URL=str(self.settings.prometheus_url),
-            LLMPULSE_TOPIC_PREFIX=self.settings.topic_prefix,
+        env = self.settings.child_env(
             LLMPULSE_STATE_DIR=str(self.tmp / "state"),
             LLMPULSE_BREAKER_CONFIG_FILE=str(self.tmp / "breaker.yaml"),
             LLMPULSE_BREAKER_TICK_SECONDS="0.2",
@@ -300,7 +294,9 @@ async def test_transitions_reach_the_clickhouse_outage_ledger(
     worker: Worker, topics: Settings, ch: Client
 ) -> None:
     """Runs after the scenarios above: their transitions are loaded and summarised."""
-    published = await read_all(topics, topics.topic(BREAKER_TRANSITIONS), expected=8, timeout=10)
+    # Everything published so far (all that can be read within 5 s).
+    published = await read_all(topics, topics.topic(BREAKER_TRANSITIONS), expected=10**9, timeout=5)
+    assert len(published) >= 8
     stop = asyncio.Event()
     sink = BreakerTransitionsSink(topics, ch, group="transitions-it", max_seconds=0.2)
     task = asyncio.create_task(sink.run(stop))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -17,12 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_and_reports(services: Settings, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env.update(
+    env = services.child_env(
         LLMPULSE_STATE_DIR=str(tmp_path / "state"),
-        LLMPULSE_KAFKA_BOOTSTRAP=str(services.kafka_bootstrap),
-        LLMPULSE_REDIS_URL=str(services.redis_url),
-        LLMPULSE_PROMETHEUS_URL=str(services.prometheus_url),
         LLMPULSE_TOPIC_PREFIX="demo-test.",
     )
     result = subprocess.run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import signal
 import subprocess
@@ -43,11 +42,7 @@ WINDOWS = (2, 10)
 
 
 def _env(settings: Settings, state: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env.update(
-        LLMPULSE_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
-        LLMPULSE_REDIS_URL=str(settings.redis_url),
-        LLMPULSE_TOPIC_PREFIX=settings.topic_prefix,
+    env = settings.child_env(
         LLMPULSE_STATE_DIR=str(state),
         LLMPULSE_PROMPT_WINDOWS=json.dumps(list(WINDOWS)),
         LLMPULSE_PROMPT_WINDOW_GRACE_SECONDS="1",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -97,12 +96,7 @@ async def _produce(settings: Settings, events: list[LLMOutcome]) -> None:
 
 
 def _worker_env(settings: Settings, state: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env.update(
-        LLMPULSE_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
-        LLMPULSE_REDIS_URL=str(settings.redis_url),
-        LLMPULSE_PROMETHEUS_URL=str(settings.prometheus_url),
-        LLMPULSE_TOPIC_PREFIX=settings.topic_prefix,
+    env = settings.child_env(
         LLMPULSE_STATE_DIR=str(state),
         **extra,
     )
