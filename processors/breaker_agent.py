@@ -66,6 +66,8 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
     current = t is None or t.version == core.version
     version = core.version if t is None else t.version
     since = core.since if t is None else t.at
+    previous = core.previous_state if t is None else t.from_state
+    reason = core.reason if t is None else t.reason
     return BreakerSnapshot(
         event_id=uuid.uuid5(_NAMESPACE, f"{core.provider}:{version}"),
         event_time=since if since.year > 1970 else now,
@@ -77,8 +79,8 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
         failure_rate=fails / calls if calls else 0.0,
         calls_in_window=calls,
         next_attempt_at=core.open_until if current else None,
-        previous_state=t.from_state if t else None,
-        reason=t.reason if t else None,
+        previous_state=previous,
+        reason=reason,
     )
 
 
@@ -208,16 +210,23 @@ class BreakerService:
         self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool = False
     ) -> None:
         last = self._published.get(core.provider, -1)
+        snapshots = [snapshot_of(core, now, t) for t in transitions if t.version > last]
+        if not snapshots and core.version > last and core.version > 0:
+            # Restored after a restart: the last transition may never have reached
+            # the topics (killed before the send completed). Sending it again is
+            # harmless: compaction and ClickHouse dedup by (provider, version).
+            snapshots = [snapshot_of(core, now)]
+        key = core.provider.encode()
+        for snap in snapshots:
+            value = encode(snap)
+            # Acknowledged by the broker before Redis shows the state.
+            await (await self.state_topic.send(key=key, value=value))
+            await (await self.transitions_topic.send(key=key, value=value))
         for t in transitions:
-            if t.version <= last:
-                continue
-            value = encode(snapshot_of(core, now, t))
-            key = core.provider.encode()
-            await self.state_topic.send(key=key, value=value)
-            await self.transitions_topic.send(key=key, value=value)
-            metrics.BREAKER_TRANSITIONS.labels(
-                provider=core.provider, from_state=t.from_state.value, to_state=t.to_state.value
-            ).inc()
+            if t.version > last:
+                metrics.BREAKER_TRANSITIONS.labels(
+                    provider=core.provider, from_state=t.from_state.value, to_state=t.to_state.value
+                ).inc()
         metrics.CIRCUIT_BREAKER_STATE.labels(provider=core.provider).set(
             BREAKER_STATE_GAUGE[core.state]
         )

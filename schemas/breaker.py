@@ -160,6 +160,9 @@ class BreakerCore:
     level: int = 0
     probes_ok: int = 0
     consecutive: int = 0
+    # The latest transition's origin and reason, so its snapshot can be rebuilt.
+    previous_state: BreakerState | None = None
+    reason: str | None = None
     # Counted calls per event-time second: epoch second -> [calls, failures, slow].
     # Bounded by window_seconds entries whatever the traffic.
     window: dict[int, list[int]] = field(default_factory=dict)
@@ -289,6 +292,8 @@ class BreakerCore:
         self.state = to
         self.version += 1
         self.since = at
+        self.previous_state = frm
+        self.reason = reason
         return Transition(self.provider, frm, to, at, self.version, reason)
 
     def _cutoff(self, now: datetime) -> int:
@@ -311,6 +316,8 @@ class BreakerCore:
             "level": self.level,
             "probes_ok": self.probes_ok,
             "consecutive": self.consecutive,
+            "previous_state": self.previous_state.value if self.previous_state else None,
+            "reason": self.reason,
             "window": [[sec, *counts] for sec, counts in self.window.items()],
         }
 
@@ -326,5 +333,9 @@ class BreakerCore:
             level=int(data["level"]),
             probes_ok=int(data["probes_ok"]),
             consecutive=int(data["consecutive"]),
+            previous_state=BreakerState(data["previous_state"])
+            if data.get("previous_state")
+            else None,
+            reason=data.get("reason"),
             window={int(sec): [int(c), int(f), int(s)] for sec, c, f, s in data["window"]},
         )
