@@ -36,13 +36,8 @@ def max_rss_mib() -> float:
 async def bench_settings(base: Settings) -> Settings:
     """Running stack endpoints and a fresh topic prefix with every topic created."""
     ep = stack.up(base, progress=lambda m: print(f"  [stack] {m}", flush=True))
-    s = base.model_copy(
-        update={
-            "kafka_bootstrap": ep.kafka_bootstrap,
-            "redis_url": ep.redis_url,
-            "prometheus_url": ep.prometheus_url,
-            "topic_prefix": f"bench{uuid.uuid4().hex[:8]}.",
-        }
+    s = stack.with_endpoints(base, ep).model_copy(
+        update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."}
     )
     await create_topics(s)
     return s

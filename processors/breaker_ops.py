@@ -14,11 +14,10 @@ import uuid
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from processors import kafka
-from processors.codec import PoisonEvent, decode, encode
+from processors.codec import encode
 from processors.settings import Settings
 from schemas import serving
 from schemas.events import BreakerAction, BreakerControl, BreakerSnapshot
@@ -69,28 +68,13 @@ async def status_from_redis(settings: Settings) -> list[BreakerSnapshot]:
 
 async def status_from_topic(settings: Settings) -> list[BreakerSnapshot]:
     """Latest snapshot per provider from the compacted state topic."""
-    topic = settings.topic(BREAKER_STATE)
-    # A throwaway group id: aiokafka 0.14 raises on stop() for group_id=None consumers.
-    consumer = kafka.consumer(settings, group=f"llmpulse-status-{uuid.uuid4().hex[:8]}")
-    await consumer.start()
+    spec = topic_spec(BREAKER_STATE)
     latest: dict[str, BreakerSnapshot] = {}
-    try:
-        parts = [TopicPartition(topic, p) for p in range(topic_spec(BREAKER_STATE).partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for r in records:
-                    try:
-                        snap = decode(BreakerSnapshot, r.value, bounds=settings.event_time_bounds)
-                    except PoisonEvent:
-                        continue
-                    if snap.version >= latest.get(snap.provider, snap).version:
-                        latest[snap.provider] = snap
-    finally:
-        await consumer.stop()
+    for snap in await kafka.read_from_start(
+        settings, settings.topic(BREAKER_STATE), spec.partitions, BreakerSnapshot
+    ):
+        if snap.version >= latest.get(snap.provider, snap).version:
+            latest[snap.provider] = snap
     return [latest[k] for k in sorted(latest)]
 
 

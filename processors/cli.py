@@ -181,13 +181,7 @@ def _with_services(settings: Settings) -> Settings:
         return settings
     from processors import stack
 
-    ep = stack.endpoints(settings)
-    return settings.model_copy(
-        update={
-            "kafka_bootstrap": settings.kafka_bootstrap or ep.kafka_bootstrap,
-            "redis_url": settings.redis_url or ep.redis_url,
-        }
-    )
+    return stack.with_endpoints(settings, stack.endpoints(settings))
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:

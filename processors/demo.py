@@ -73,13 +73,7 @@ async def run_demo(
 
     _say("==> starting the local stack (Kafka, Redis, Prometheus)")
     ep = stack.up(settings, progress=lambda m: _say(f"    {m}"))
-    settings = settings.model_copy(
-        update={
-            "kafka_bootstrap": settings.kafka_bootstrap or ep.kafka_bootstrap,
-            "redis_url": settings.redis_url or ep.redis_url,
-            "prometheus_url": settings.prometheus_url or ep.prometheus_url,
-        }
-    )
+    settings = stack.with_endpoints(settings, ep)
     _say("==> creating topics")
     created = await create_topics(settings)
     _say(

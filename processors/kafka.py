@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import BaseModel
 
+from processors.codec import PoisonEvent, decode
 from processors.settings import Settings
 from processors.stack import endpoints
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def bootstrap(settings: Settings) -> str:
@@ -40,3 +45,33 @@ def consumer(settings: Settings, *topics: str, group: str, **overrides: Any) -> 
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+async def read_from_start(
+    settings: Settings, topic: str, partitions: int, model: type[M]
+) -> list[M]:
+    """Every valid event now in ``topic`` (all partitions, from the beginning, in order).
+
+    Invalid values are skipped (the consuming workers dead-letter them). Reads up
+    to the end offsets taken at the start, so it returns even on a busy topic.
+    """
+    # A throwaway group id: aiokafka 0.14 raises on stop() for group_id=None consumers.
+    reader = consumer(settings, group=f"llmpulse-reader-{uuid.uuid4().hex[:8]}")
+    await reader.start()
+    events: list[M] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        reader.assign(parts)
+        await reader.seek_to_beginning(*parts)
+        ends = await reader.end_offsets(parts)
+        while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
+            batch = await reader.getmany(timeout_ms=500)
+            for tp in parts:
+                for r in batch.get(tp, []):
+                    try:
+                        events.append(decode(model, r.value, bounds=settings.event_time_bounds))
+                    except PoisonEvent:
+                        continue
+    finally:
+        await reader.stop()
+    return events

@@ -54,11 +54,16 @@ _NAMESPACE = uuid.UUID("6f1c2b7a-0d4e-4c53-9a8e-1b2c3d4e5f60")
 _SWEEP_EVERY = 1.0
 
 
+def record_id(p: Partial, source_topic: str) -> uuid.UUID:
+    """Id of the emitted record of a partial: stable across re-emission."""
+    return uuid.uuid5(_NAMESPACE, f"{source_topic}|{p.key()}|{p.first_offset}")
+
+
 def performance_record(p: Partial, source_topic: str) -> PromptPerformance:
-    """The emitted form of a closed partial; its id is stable across re-emission."""
+    """The emitted form of a closed partial."""
     start = datetime.fromtimestamp(p.window_start, UTC)
     return PromptPerformance(
-        event_id=uuid.uuid5(_NAMESPACE, f"{source_topic}|{p.key()}|{p.first_offset}"),
+        event_id=record_id(p, source_topic),
         event_time=datetime.fromtimestamp(p.window_start + p.window_seconds, UTC),
         prompt_name=p.prompt_name,
         prompt_version=p.prompt_version,
@@ -199,12 +204,8 @@ class PromptsService:
     def _on_outcome(self, table: Any, o: LLMOutcome, partition: int, offset: int) -> None:
         if o.prompt_name is None or o.prompt_version is None:
             return
-        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(OUTCOMES)).inc()
-        for p in self._partials(
-            table, o.prompt_name, o.prompt_version, o.event_time.timestamp(), partition, offset
-        ):
-            if p.seen(offset):
-                continue
+
+        def add(p: Partial) -> None:
             p.add_outcome(
                 offset,
                 success=o.status is OutcomeStatus.success,
@@ -213,16 +214,40 @@ class PromptsService:
                 output_tokens=o.output_tokens,
                 cost_usd=o.cost_usd,
             )
-            table[p.key()] = p.to_dict()
+
+        self._apply(
+            table, OUTCOMES, o.prompt_name, o.prompt_version, o.event_time, partition, offset, add
+        )
 
     def _on_feedback(self, table: Any, f: Feedback, partition: int, offset: int) -> None:
-        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(FEEDBACK)).inc()
-        for p in self._partials(
-            table, f.prompt_name, f.prompt_version, f.event_time.timestamp(), partition, offset
-        ):
+        self._apply(
+            table,
+            FEEDBACK,
+            f.prompt_name,
+            f.prompt_version,
+            f.event_time,
+            partition,
+            offset,
+            lambda p: p.add_feedback(offset, f.score),
+        )
+
+    def _apply(
+        self,
+        table: Any,
+        source: str,
+        name: str,
+        version: int,
+        event_time: datetime,
+        partition: int,
+        offset: int,
+        add: Callable[[Partial], None],
+    ) -> None:
+        """Add one event to the partial of each window size (once: replays are skipped)."""
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(source)).inc()
+        for p in self._partials(table, name, version, event_time.timestamp(), partition, offset):
             if p.seen(offset):
                 continue
-            p.add_feedback(offset, f.score)
+            add(p)
             table[p.key()] = p.to_dict()
 
     # --- closing windows -------------------------------------------------------------------
@@ -270,7 +295,7 @@ class PromptsService:
                 p = Partial.from_dict(data)
                 if not p.closed(now, grace) or p.emitted:
                     continue
-                rec_id = str(performance_record(p, topic).event_id)
+                rec_id = str(record_id(p, topic))
                 if self._emitted.get(rec_id) != p.last_offset:
                     await self._emit(p, topic)
 

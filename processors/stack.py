@@ -1245,3 +1245,14 @@ def _update_targets(settings: Settings, target: str, entry: dict[str, Any] | Non
         if entry is not None:
             kept.append(entry)
         _write_atomic(path, json.dumps(kept, indent=2) + "\n")
+
+
+def with_endpoints(settings: Settings, ep: StackEndpoints) -> Settings:
+    """``settings`` with every unset service address taken from ``ep``."""
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap": settings.kafka_bootstrap or ep.kafka_bootstrap,
+            "redis_url": settings.redis_url or ep.redis_url,
+            "prometheus_url": settings.prometheus_url or ep.prometheus_url,
+        }
+    )

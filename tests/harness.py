@@ -31,13 +31,7 @@ def running_services(settings: Settings) -> Iterator[Settings]:
         return
     endpoints = stack.up(settings, progress=lambda m: print(f"[stack] {m}", flush=True))
     try:
-        yield settings.model_copy(
-            update={
-                "kafka_bootstrap": endpoints.kafka_bootstrap,
-                "redis_url": endpoints.redis_url,
-                "prometheus_url": endpoints.prometheus_url,
-            }
-        )
+        yield stack.with_endpoints(settings, endpoints)
     finally:
         stack.down(settings, progress=lambda m: None)
 
