@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from processors import kafka
 from processors.settings import Settings
@@ -28,6 +31,29 @@ def app_id(settings: Settings, name: str) -> str:
 def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
     """(changelog topic, partitions) of every Faust table."""
     return [(f"{app_id(settings, app)}-{table}-changelog", n) for app, table, n in TABLES]
+
+
+class ChangelogFirstConsumer(faust_aiokafka.Consumer):
+    """Commits source offsets only after the table changelog writes before them.
+
+    Faust sends table changelog writes with ``send_soon`` (buffered) and commits
+    source offsets on a timer without waiting for that buffer. A worker killed
+    between the two restarts from a committed offset whose table updates never
+    reached the changelog: those events are lost from the restored state. Flushing
+    the producer (``acks=all``) first keeps the changelog at or ahead of every
+    committed offset; events replayed past it are skipped by the tables' own
+    per-partition offset bookkeeping.
+    """
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        await self.app.producer.flush()
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
+
+class ChangelogFirstTransport(faust_aiokafka.Transport):
+    Consumer = ChangelogFirstConsumer
 
 
 def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
@@ -56,7 +82,9 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     }
     options.update(overrides)
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
-    return faust.App(app_id(settings, name), **options)
+    app = faust.App(app_id(settings, name), **options)
+    app.transport = ChangelogFirstTransport(app.conf.broker_consumer, app)
+    return app
 
 
 class FaustProducer:
