@@ -81,6 +81,7 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
         next_attempt_at=core.open_until if current else None,
         previous_state=previous,
         reason=reason,
+        probe_permits=core.config.half_open_probes,
     )
 
 
@@ -178,7 +179,15 @@ class BreakerService:
         call = classify(outcome, core.config)
         transitions += core.record(call, now)
         self._store(core, bool(transitions))
-        if outcome.is_probe and half_open is not None and call.verdict is Verdict.success:
+        # A successful probe frees its permit for the next probe of the same period,
+        # unless it closed the breaker: freed then, the permit could be taken by a
+        # caller that has not yet seen the closed snapshot (one probe too many).
+        if (
+            outcome.is_probe
+            and half_open is not None
+            and call.verdict is Verdict.success
+            and core.state is BreakerState.half_open
+        ):
             await self._release_permit(
                 key, half_open, str(outcome.request_id), core.config.half_open_probes
             )

@@ -356,6 +356,9 @@ class BreakerSnapshot(Event):
     next_attempt_at: AwareDatetime | None = None
     previous_state: BreakerState | None = None
     reason: Annotated[str, Field(max_length=100, pattern=r"^[a-z_ ]*$")] | None = None
+    #: Half-open probes the fleet may send per half-open period (the number of
+    #: permit slots, ``schemas.serving.permit_keys``).
+    probe_permits: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class PromptPerformance(Event):

@@ -197,18 +197,7 @@ def _brute_force(
 
 @pytest.mark.parametrize(
     "crash",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known gap: after a SIGKILL the restarted rollup worker sometimes "
-                "miscounts a few events (Faust rebalance/recovery ordering, not isolated); "
-                "see README 'Known gap'",
-            ),
-        ),
-    ],
+    [False, True],
     ids=["no-crash", "sigkill-mid-window"],
 )
 async def test_rollups_equal_brute_force_with_late_events(
