@@ -7,7 +7,10 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 
 def _default_instance() -> str:
@@ -47,3 +50,18 @@ class GatewayConfig(BaseModel):
     def topic(self, name: str) -> str:
         """Qualified topic name (applies ``topic_prefix``)."""
         return f"{self.topic_prefix}{name}"
+
+
+def redis_client(config: GatewayConfig) -> aioredis.Redis:
+    """A Redis client that fails fast: a down Redis must not stall requests.
+
+    Short socket timeouts and no client-side retries: the breaker view falls back
+    to local breakers and the prompt selector to its cached view instead.
+    """
+    timeout = config.redis_timeout_seconds
+    return aioredis.Redis.from_url(
+        config.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )

@@ -348,6 +348,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(_settings(), seconds=args.seconds, rate=args.rate, seed=args.seed))
 
 
+# --- simulate --------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulator.providers import FaultKind
+    from simulator.run import ScenarioError, default_scenario, parse_fault, simulate
+
+    settings = _settings()
+    try:
+        faults = [parse_fault(f, FaultKind.outage) for f in args.outage or ()]
+        faults += [parse_fault(f, FaultKind.rate_limit) for f in args.rate_limit or ()]
+        error_rates = dict(_provider_rate(text) for text in args.error_rate or ())
+        scenario = default_scenario(
+            instances=args.instances,
+            seconds=args.seconds,
+            rate=args.rate,
+            seed=args.seed,
+            faults=faults,
+            error_rates=error_rates,
+            prompt_name=args.prompt,
+        )
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    report = asyncio.run(simulate(settings, scenario, breaker_worker=args.breaker_worker))
+    return EXIT_OK if report.failed == 0 else EXIT_FAILURE
+
+
+def _provider_rate(text: str) -> tuple[str, float]:
+    provider, _, rate = text.partition(":")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise UsageError(
+            f"--error-rate {text!r}: expected PROVIDER:RATE, e.g. openai:0.05"
+        ) from None
+    if not 0 <= value <= 1:
+        raise UsageError(f"--error-rate {text!r}: RATE must be between 0 and 1")
+    return provider, value
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors as one line (``llmpulse: error: ...``), exit code 2."""
 
@@ -377,6 +415,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="random seed of the traffic (default: a new one)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "simulate",
+        help="fleet traffic through the real gateway with scripted provider faults",
+        description="N simulated app instances use the gateway (shared breaker view, "
+        "failover, probe permits, event emitter) against simulated providers openai "
+        "(preferred) and anthropic (fallback), on the local stack (started if needed) with "
+        "a breaker worker. Fault times are seconds into the run. Exit code 1 if any request "
+        "found no provider.",
+    )
+    p.add_argument("--instances", type=_positive_int, default=3, help="app instances (3)")
+    p.add_argument("--seconds", type=_positive_float, default=60.0, help="duration (60)")
+    p.add_argument(
+        "--rate", type=_positive_float, default=30.0, help="requests/s per instance (30)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument(
+        "--outage",
+        action="append",
+        metavar="PROVIDER:START-END",
+        help="every call fails with 503 (repeatable), e.g. openai:10-40",
+    )
+    p.add_argument(
+        "--rate-limit",
+        action="append",
+        metavar="PROVIDER:START-END[:RETRY_AFTER]",
+        help="every call gets 429 with Retry-After (default 2 s), repeatable",
+    )
+    p.add_argument(
+        "--error-rate",
+        action="append",
+        metavar="PROVIDER:RATE",
+        help="random 500s, e.g. openai:0.02",
+    )
+    p.add_argument("--prompt", help="select a version of this registry prompt per subject")
+    p.add_argument(
+        "--no-breaker-worker",
+        dest="breaker_worker",
+        action="store_false",
+        help="do not start a breaker worker (one is already running)",
+    )
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
     p.add_argument("action", choices=("up", "down", "status"))

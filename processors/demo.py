@@ -3,8 +3,10 @@
 1. stack up (Kafka, Redis, Prometheus), topics, ClickHouse migrations, price list;
 2. the breaker worker (a real ``llmpulse worker breaker`` process) and the
    sinks (usage and breaker transitions, in this process: chDB is in-process);
-3. simulated app traffic that fails over on the fleet-wide breaker view, with
-   a scripted outage of the preferred provider, plus invalid events for the DLQ;
+3. the fleet simulator: three app instances using the real ``gateway``
+   (fleet-wide breaker view, failover, probe permits, sticky prompt A/B
+   selection, lossless emitter) with a scripted outage of the preferred
+   provider, plus invalid events for the DLQ;
 4. the breaker timeline, outage ledger, failovers, availability and the cost
    allocation report (table on screen, CSV on disk).
 """
@@ -12,22 +14,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from processors import billing, kafka, pricing, prompt_ops, stack
+from processors import billing, kafka, pricing, prompt_ops, stack, workers
 from processors.breaker_transitions_sink import BreakerTransitionsSink
 from processors.clickhouse import connect, migrate, run_query
 from processors.cost_report import render_csv, render_table
-from processors.demo_traffic import PROMPT, Outage, TrafficStats, run_traffic
 from processors.prompt_compare import compare
 from processors.prompt_compare import render_text as render_compare
 from processors.prompt_registry import VersionRecord, plan_activate, plan_create
@@ -38,23 +36,19 @@ from processors.topics import create_topics
 from processors.usage_sink import UsageSink
 from schemas.topics import OUTCOMES, topic_spec
 
+if TYPE_CHECKING:  # the simulator is app-side code: imported only when the demo runs
+    from simulator.fleet import FleetReport, FleetScenario
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "schemas" / "examples" / "invalid"
 PRICING_FILE = ROOT / "examples" / "pricing.yaml"
 DEMO_WINDOW = 10
-DEMO_BREAKER = """\
-# Written by `llmpulse demo`: short durations so the outage plays out in seconds.
-default:
-  window_seconds: 30
-  consecutive_failures: 5
-  failure_rate_threshold: 0.5
-  minimum_calls: 20
-  open_seconds: 3
-  open_multiplier: 2
-  open_max_seconds: 8
-  jitter_fraction: 0.1
-  half_open_probes: 1
-"""
+PROMPT = "support-answer"
+#: Built-in difference between the A/B versions: share of answers rejected by the
+#: content filter (returned to the caller, ignored by the breaker) and mean feedback.
+REJECT_RATE = {1: 0.12, 2: 0.03}
+FEEDBACK_MEAN = {1: 3.4, 2: 3.9}
+INSTANCES = 3
 
 
 def _say(msg: str = "") -> None:
@@ -87,19 +81,20 @@ async def run_demo(
     loaded = pricing.load(client, pricing.parse_file(PRICING_FILE))
     _say(f"==> loaded {PRICING_FILE.name}: " + ", ".join(f"{n} {t}" for t, n in loaded.items()))
 
-    config = settings.state_dir / "demo-breaker.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(DEMO_BREAKER)
+    from simulator.run import FAST_BREAKER
+
     await _prepare_prompt(settings)
-    breaker = _start_worker(
+    breaker = workers.start_worker(
         settings,
         "breaker",
-        LLMPULSE_BREAKER_CONFIG_FILE=str(config.resolve()),
+        _say,
+        LLMPULSE_BREAKER_CONFIG_FILE=str(FAST_BREAKER),
         LLMPULSE_BREAKER_TICK_SECONDS="0.2",
     )
-    prompts = _start_worker(
+    prompts = workers.start_worker(
         settings,
         "prompts",
+        _say,
         LLMPULSE_PROMPT_WINDOWS=f"[{DEMO_WINDOW}]",
         LLMPULSE_PROMPT_WINDOW_GRACE_SECONDS="2",
     )
@@ -117,14 +112,15 @@ async def run_demo(
     ]
     tasks = [asyncio.create_task(s.run(stop)) for s in sinks]
     try:
-        await _wait_workers_ready(breaker, prompts)
+        await workers.wait_ready(breaker, prompts)
         period_start = datetime.now(UTC)
-        outage = Outage("openai", start=seconds * 0.25, end=seconds * 0.6)
+        scenario = _scenario(seconds, rate, seed)
         _say(
-            f"==> {seconds:.0f}s of app traffic at {rate:.0f} requests/s (seed {seed}); "
-            f"openai fails every call from t={outage.start:.0f}s to t={outage.end:.0f}s"
+            f"==> {seconds:.0f}s of traffic from {INSTANCES} app instances using the gateway, "
+            f"{rate:.0f} requests/s in all (seed {seed}); openai fails every call from "
+            f"t={seconds * 0.25:.0f}s to t={seconds * 0.6:.0f}s"
         )
-        stats = await _traffic_with_progress(settings, seconds, rate, outage, seed)
+        stats = await _fleet(settings, scenario)
         invalid = sorted(EXAMPLES.glob("outcome_*"))
         await _produce_invalid(settings, invalid)
         _say(f"==> sinks catching up ({len(invalid)} invalid events go to the DLQ)")
@@ -145,11 +141,7 @@ async def run_demo(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-        for worker in (breaker, prompts):
-            worker.terminate()
-        for worker in (breaker, prompts):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(timeout=20)
+        workers.stop_workers(breaker, prompts)
 
     period_end = datetime.now(UTC) + timedelta(seconds=1)
     period = {"start": period_start, "end": period_end}
@@ -181,19 +173,6 @@ async def run_demo(
     return 0 if ok else 1
 
 
-def _start_worker(settings: Settings, flow: str, **extra: str) -> subprocess.Popen[bytes]:
-    """A real ``llmpulse worker FLOW`` process on the demo's services."""
-    env = settings.child_env(**extra)
-    log = settings.state_dir / f"demo-{flow}-worker.log"
-    _say(f"==> starting the {flow} worker (log: {log})")
-    return subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", flow],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 async def _prepare_prompt(settings: Settings) -> None:
     """Two versions of the demo prompt in a 50/50 A/B test (idempotent across runs)."""
     state = await prompt_ops.read_registry(settings)
@@ -210,25 +189,34 @@ async def _prepare_prompt(settings: Settings) -> None:
     _say(f"==> prompt {PROMPT!r}: v1 and v2 active, 50/50 A/B test (sticky per subject)")
 
 
-async def _wait_workers_ready(*procs: subprocess.Popen[bytes]) -> None:
-    # The workers need a few seconds to join their groups and recover their tables.
-    for _ in range(8):
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError("a worker exited early; see the demo-*-worker.log files")
-        await asyncio.sleep(1)
+def _scenario(seconds: float, rate: float, seed: int) -> FleetScenario:
+    from simulator.providers import Fault, FaultKind
+    from simulator.run import default_scenario
 
-
-async def _traffic_with_progress(
-    settings: Settings, seconds: float, rate: float, outage: Outage, seed: int
-) -> TrafficStats:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    task = asyncio.create_task(
-        run_traffic(settings, seconds=seconds, rate=rate, outage=outage, seed=seed, progress=queue)
+    outage = Fault(FaultKind.outage, seconds * 0.25, seconds * 0.6)
+    return default_scenario(
+        instances=INSTANCES,
+        seconds=seconds,
+        rate=rate / INSTANCES,
+        seed=seed,
+        faults=[("openai", outage)],
+        error_rates={},
+        prompt_name=PROMPT,
+        reject_rates=REJECT_RATE,
+        feedback_means=FEEDBACK_MEAN,
     )
-    while not task.done():
-        with contextlib.suppress(TimeoutError):
-            _say("    " + await asyncio.wait_for(queue.get(), 0.5))
-    return task.result()
+
+
+async def _fleet(settings: Settings, scenario: FleetScenario) -> FleetReport:
+    from simulator.fleet import run_fleet
+    from simulator.run import gateway_config
+
+    return await run_fleet(
+        gateway_config(settings),
+        scenario,
+        spool_root=settings.state_dir / "gateway-spool",
+        progress=lambda line: _say("    " + line),
+    )
 
 
 async def _produce_invalid(settings: Settings, paths: list[Path]) -> None:
@@ -297,11 +285,8 @@ async def _print_ab_verdict(
     _say(render_compare(report))
 
 
-def _print_availability(stats: TrafficStats) -> None:
-    share = stats.succeeded / stats.requests if stats.requests else 0.0
+def _print_availability(stats: FleetReport) -> None:
     _say()
-    _say(
-        f"Availability: {stats.succeeded}/{stats.requests} requests succeeded ({share:.4%}), "
-        f"{stats.failovers} via failover; probes sent: {dict(stats.probes) or 'none'}; "
-        f"attempts per provider: {dict(stats.attempts)}"
-    )
+    _say("Fleet (gateway) report")
+    for line in stats.summary():
+        _say("  " + line)

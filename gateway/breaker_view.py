@@ -1,0 +1,296 @@
+"""The fleet-wide breaker view inside one app instance, with a local fallback.
+
+Shared view: the breaker agent writes one versioned ``BreakerSnapshot`` per
+provider to Redis (``schemas.serving.breaker_key``) and announces it on
+``breaker_channel``. This view keeps a copy per provider, applies pub/sub
+announcements as they come (only newer versions, like the Redis script), and
+re-reads every key at least every ``snapshot_refresh_seconds`` (a missed
+announcement is repaired within that time). A provider without a key has never
+left ``closed``.
+
+Local fallback: every outcome this instance observes also feeds an in-process
+``BreakerCore`` with the same rules as the agent (``schemas.breaker``). When the
+shared view has not been confirmed by Redis for ``snapshot_stale_seconds``
+(Redis down, partitioned, or the agent's key unreadable), routing decisions come
+from the local breaker instead, and from the shared view again as soon as a
+read succeeds.
+
+Half-open: under the shared view a caller must hold one of the fleet's
+``probe_permits`` Redis permits of that half-open generation before calling;
+under the local view one probe at a time per instance is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from gateway import metrics
+from gateway.config import GatewayConfig
+from schemas import serving
+from schemas.breaker import BreakerConfig, BreakerCore, classify
+from schemas.events import BreakerSnapshot, BreakerState, LLMOutcome
+
+log = logging.getLogger(__name__)
+
+_BLOCKING = (BreakerState.open, BreakerState.forced_open)
+_REDIS_ERRORS = (aioredis.RedisError, OSError, asyncio.TimeoutError)
+
+
+class Source(StrEnum):
+    shared = "shared"
+    local = "local"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Whether a provider may be called now, and how.
+
+    ``allowed`` False: skip the provider. ``probe`` True: the call is a half-open
+    probe; under the shared view it needs a permit of ``generation`` (one of
+    ``slots``) first (``BreakerView.acquire_permit``).
+    """
+
+    provider: str
+    state: BreakerState
+    source: Source
+    allowed: bool
+    probe: bool = False
+    generation: int = 0
+    slots: int = 1
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    """What an instance knows about one provider (for health endpoints and logs)."""
+
+    provider: str
+    state: BreakerState
+    source: Source
+    shared_state: BreakerState | None
+    shared_version: int | None
+    shared_age_seconds: float | None
+    local_state: BreakerState
+
+
+class BreakerView:
+    """Per-provider breaker state for routing: shared when fresh, local otherwise."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        config: GatewayConfig,
+        providers: Sequence[str],
+        *,
+        breaker_config: BreakerConfig | None = None,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._config = config
+        self._wall = wall
+        self._mono = mono
+        self._providers = list(dict.fromkeys(providers))
+        self._shared: dict[str, BreakerSnapshot | None] = {}
+        self._confirmed: dict[str, float] = {}
+        self._local = {
+            p: BreakerCore(p, breaker_config or BreakerConfig()) for p in self._providers
+        }
+        self._local_probe: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._acquire = redis.register_script(serving.ACQUIRE_PERMIT)
+        self._release = redis.register_script(serving.RELEASE_PERMIT)
+        self._redis_down_logged = False
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Read every provider's snapshot once, then follow pub/sub and refresh on a timer."""
+        await self.refresh()
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop(), name="breaker-view-refresh"),
+            asyncio.create_task(self._listen_loop(), name="breaker-view-listen"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # --- decisions -------------------------------------------------------------------
+    def route(self, provider: str) -> Route:
+        """How ``provider`` may be called now (pure in-memory; no I/O)."""
+        snap = self._shared.get(provider)
+        confirmed = self._confirmed.get(provider)
+        fresh = confirmed is not None and (
+            self._mono() - confirmed <= self._config.snapshot_stale_seconds
+        )
+        if fresh:
+            state = snap.state if snap else BreakerState.closed
+            metrics.BREAKER_VIEW_SOURCE.labels(provider=provider, source="shared").inc()
+            if state is BreakerState.half_open and snap is not None:
+                return Route(
+                    provider, state, Source.shared, True, True, snap.version, snap.probe_permits
+                )
+            return Route(provider, state, Source.shared, state not in _BLOCKING)
+        metrics.BREAKER_VIEW_SOURCE.labels(provider=provider, source="local").inc()
+        core = self._local_core(provider)
+        core.tick(self._wall())
+        if core.state is BreakerState.half_open:
+            allowed = provider not in self._local_probe
+            return Route(provider, core.state, Source.local, allowed, True, core.version)
+        return Route(provider, core.state, Source.local, core.state not in _BLOCKING)
+
+    async def acquire_permit(self, route: Route, holder: str) -> bool:
+        """Take a probe permit for ``route`` (a probe route). False: not this time.
+
+        Under the local view the permit is this instance's single probe slot.
+        A Redis failure counts as "no permit": never probe without one.
+        """
+        if route.source is Source.local:
+            if route.provider in self._local_probe:
+                return False
+            self._local_probe.add(route.provider)
+            return True
+        keys = serving.permit_keys(
+            self._config.topic_prefix, route.provider, route.generation, route.slots
+        )
+        try:
+            slot = await self._acquire(keys=keys, args=[holder, self._config.permit_ttl_ms])
+        except _REDIS_ERRORS as exc:
+            log.warning("probe permit for %s not taken (redis): %s", route.provider, exc)
+            return False
+        return bool(slot)
+
+    async def release_permit(self, route: Route, holder: str) -> None:
+        """Give back a permit whose probe never reached the provider (e.g. cancelled)."""
+        if route.source is Source.local:
+            self._local_probe.discard(route.provider)
+            return
+        keys = serving.permit_keys(
+            self._config.topic_prefix, route.provider, route.generation, route.slots
+        )
+        try:
+            await self._release(keys=keys, args=[holder])
+        except _REDIS_ERRORS as exc:  # it expires after permit_ttl_ms anyway
+            log.warning("probe permit for %s not released (redis): %s", route.provider, exc)
+
+    def record(self, outcome: LLMOutcome) -> None:
+        """Feed one of this instance's outcomes to the local breaker."""
+        core = self._local_core(outcome.provider)
+        core.record(classify(outcome, core.config), self._wall())
+        if outcome.is_probe:
+            self._local_probe.discard(outcome.provider)
+
+    def health(self) -> list[ProviderHealth]:
+        """Current view of every known provider."""
+        now = self._mono()
+        out = []
+        for provider in self._providers:
+            route = self.route(provider)
+            snap = self._shared.get(provider)
+            confirmed = self._confirmed.get(provider)
+            out.append(
+                ProviderHealth(
+                    provider=provider,
+                    state=route.state,
+                    source=route.source,
+                    shared_state=(snap.state if snap else BreakerState.closed)
+                    if confirmed is not None
+                    else None,
+                    shared_version=(snap.version if snap else 0) if confirmed is not None else None,
+                    shared_age_seconds=now - confirmed if confirmed is not None else None,
+                    local_state=self._local_core(provider).state,
+                )
+            )
+        return out
+
+    # --- shared view maintenance --------------------------------------------------------
+    def apply(self, snap: BreakerSnapshot) -> bool:
+        """Apply a snapshot if it is newer than the one held; True if applied."""
+        if snap.provider not in self._local:
+            return False
+        held = self._shared.get(snap.provider)
+        self._confirmed[snap.provider] = self._mono()
+        if held is not None and held.version >= snap.version:
+            return False
+        self._shared[snap.provider] = snap
+        return True
+
+    async def refresh(self) -> bool:
+        """Re-read every provider's snapshot from Redis; False if Redis failed."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for p in self._providers:
+                    pipe.hget(serving.breaker_key(self._config.topic_prefix, p), "snapshot")
+                raws: list[Any] = await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            if not self._redis_down_logged:
+                log.warning("breaker view: redis unavailable, local breakers decide: %s", exc)
+                self._redis_down_logged = True
+            return False
+        if self._redis_down_logged:
+            log.warning("breaker view: redis is back, shared view restored")
+            self._redis_down_logged = False
+        now = self._mono()
+        for provider, raw in zip(self._providers, raws, strict=True):
+            if raw is None:
+                self._confirmed[provider] = now  # never transitioned: closed
+                continue
+            snap = self._parse(raw)
+            if snap is not None:
+                self.apply(snap)
+        return True
+
+    def _parse(self, raw: bytes | str) -> BreakerSnapshot | None:
+        try:
+            return BreakerSnapshot.model_validate_json(raw)
+        except ValidationError as exc:
+            log.warning("breaker view: invalid snapshot ignored: %s", exc)
+            return None
+
+    def _local_core(self, provider: str) -> BreakerCore:
+        core = self._local.get(provider)
+        if core is None:
+            core = self._local[provider] = BreakerCore(provider, BreakerConfig())
+            self._providers.append(provider)
+        return core
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.snapshot_refresh_seconds)
+            await self.refresh()
+
+    async def _listen_loop(self) -> None:
+        """Apply announced snapshots as they come; resubscribe after Redis failures."""
+        channel = serving.breaker_channel(self._config.topic_prefix)
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                    if msg is not None and msg.get("type") == "message":
+                        snap = self._parse(msg["data"])
+                        if snap is not None:
+                            self.apply(snap)
+            except _REDIS_ERRORS:
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+__all__ = ["BreakerView", "ProviderHealth", "Route", "Source"]

@@ -1,0 +1,376 @@
+"""Breaker-aware provider failover for one app instance (the seed's ProviderOrchestrator).
+
+Per request:
+
+1. Providers are tried by ``priority`` (lower first); equal priorities are
+   ordered by a weighted random draw per request (``weight``).
+2. A provider is skipped while its breaker blocks it (``BreakerView.route``),
+   while a 429's Retry-After has not passed in this instance, or when it is
+   half-open and no fleet-wide probe permit is free.
+3. Each attempt has its own timeout (``Provider.timeout_seconds``, cut to the
+   request's remaining deadline) and produces an ``LLMRequest`` before and an
+   ``LLMOutcome`` after the call, with ids generated here, through the
+   non-blocking emitter. The outcome also feeds the instance's local breaker.
+4. Errors are classified (``gateway.errors``): timeouts, 5xx, 429 and network
+   errors fail over to the next provider; any other 4xx (and content-policy
+   rejections) goes back to the caller at once as ``RequestRejected``, without
+   retry or failover. Exceptions that are not provider errors (bugs in the call
+   function) propagate unchanged.
+5. When every provider of a round failed or was skipped, the next round starts
+   after an exponential backoff with full jitter, until ``max_rounds`` or the
+   overall deadline: then ``AllProvidersFailed``.
+
+Cancellation-safe: a cancelled request gives back a probe permit it holds (the
+probe never completed), and emits no outcome for the cancelled attempt (the
+caller's cancellation says nothing about the provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from gateway import metrics
+from gateway.backoff import Backoff
+from gateway.breaker_view import BreakerView, ProviderHealth, Route
+from gateway.errors import ErrorDecision, classify_error
+from schemas.events import (
+    ErrorClass,
+    Feedback,
+    LLMOutcome,
+    LLMRequest,
+    Operation,
+    OutcomeStatus,
+)
+
+
+class Emitter(Protocol):
+    """What the orchestrator needs from ``gateway.emitter.EventEmitter``."""
+
+    def emit(self, event: LLMRequest | LLMOutcome | Feedback) -> None: ...
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    """One logical request from the application (attempts share its ``request_id``)."""
+
+    org_id: str
+    operation: Operation = Operation.completion
+    user_id: str | None = None
+    subject_id: str | None = None
+    prompt_name: str | None = None
+    prompt_version: int | None = None
+    #: Whatever the provider call function needs (messages, parameters...).
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a provider call function returns on success."""
+
+    content: Any = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    ttft_ms: int | None = None
+    cache_hit: bool = False
+
+
+ProviderCall = Callable[[LLMCall, str], Awaitable[Completion]]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider as this instance calls it: ``call(request, model)`` raises on failure."""
+
+    name: str
+    model: str
+    call: ProviderCall
+    priority: int = 0
+    weight: float = 1.0
+    timeout_seconds: float = 30.0
+    #: Model per operation where it differs from ``model`` (e.g. embeddings).
+    models: Mapping[Operation, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0 or self.timeout_seconds <= 0:
+            raise ValueError(f"provider {self.name}: weight and timeout_seconds must be > 0")
+
+    def model_for(self, operation: Operation) -> str:
+        return self.models.get(operation, self.model)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One provider attempt of a request."""
+
+    provider: str
+    attempt: int
+    status: OutcomeStatus
+    error_class: ErrorClass | None
+    latency_ms: float
+    probe: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    """A served request. ``added_latency_ms``: time spent beyond the successful call."""
+
+    request_id: uuid.UUID
+    provider: str
+    model: str
+    completion: Completion
+    attempts: tuple[AttemptRecord, ...]
+    elapsed_ms: float
+    added_latency_ms: float
+    failed_over: bool
+
+
+class RequestRejected(Exception):
+    """A non-retryable provider error (4xx other than 408/429, auth, content policy)."""
+
+    def __init__(
+        self, provider: str, decision: ErrorDecision, attempts: Sequence[AttemptRecord]
+    ) -> None:
+        super().__init__(
+            f"{provider} rejected the request: {decision.error_class.value}"
+            + (f" (HTTP {decision.http_status})" if decision.http_status else "")
+        )
+        self.provider = provider
+        self.decision = decision
+        self.attempts = tuple(attempts)
+
+
+class AllProvidersFailed(Exception):
+    """No provider served the request within ``max_rounds`` or the deadline."""
+
+    def __init__(self, reason: str, attempts: Sequence[AttemptRecord]) -> None:
+        super().__init__(f"no provider served the request: {reason}")
+        self.reason = reason
+        self.attempts = tuple(attempts)
+
+
+@dataclass
+class _Request:
+    call: LLMCall
+    request_id: uuid.UUID
+    deadline: float
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+
+class ProviderOrchestrator:
+    """Routes requests over providers with the fleet's breaker view (see module doc)."""
+
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        *,
+        view: BreakerView,
+        emitter: Emitter,
+        backoff: Backoff | None = None,
+        max_rounds: int = 3,
+        deadline_seconds: float = 60.0,
+        rng: random.Random | None = None,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not providers:
+            raise ValueError("at least one provider is required")
+        if len({p.name for p in providers}) != len(providers):
+            raise ValueError("provider names must be unique")
+        if max_rounds < 1 or deadline_seconds <= 0:
+            raise ValueError("max_rounds must be >= 1 and deadline_seconds > 0")
+        self.providers = list(providers)
+        self.view = view
+        self.emitter = emitter
+        self.backoff = backoff or Backoff()
+        self.max_rounds = max_rounds
+        self.deadline_seconds = deadline_seconds
+        self._rng = rng or random.Random()
+        self._wall = wall
+        self._mono = mono
+        self._not_before: dict[str, float] = {}
+
+    # --- public -----------------------------------------------------------------------
+    async def execute(self, call: LLMCall, *, deadline_seconds: float | None = None) -> Result:
+        """Serve ``call`` from the first provider that succeeds (see module doc)."""
+        started = self._mono()
+        req = _Request(call, uuid.uuid4(), started + (deadline_seconds or self.deadline_seconds))
+        preferred: str | None = None
+        for round_no in range(self.max_rounds):
+            if round_no:
+                delay = self.backoff.delay(round_no - 1, self._rng)
+                if self._mono() + delay >= req.deadline:
+                    break
+                await asyncio.sleep(delay)
+            for provider in self.order():
+                preferred = preferred or provider.name
+                if self._mono() >= req.deadline:
+                    raise AllProvidersFailed("deadline passed", req.attempts)
+                completion = await self._try(provider, req)
+                if completion is not None:
+                    elapsed = (self._mono() - started) * 1000
+                    if provider.name != preferred:
+                        metrics.FAILOVERS.labels(provider=provider.name).inc()
+                    return Result(
+                        request_id=req.request_id,
+                        provider=provider.name,
+                        model=provider.model_for(req.call.operation),
+                        completion=completion,
+                        attempts=tuple(req.attempts),
+                        elapsed_ms=elapsed,
+                        added_latency_ms=max(0.0, elapsed - req.attempts[-1].latency_ms),
+                        failed_over=provider.name != preferred,
+                    )
+        reason = "every attempt failed" if req.attempts else "every provider is unavailable"
+        raise AllProvidersFailed(reason, req.attempts)
+
+    def order(self) -> list[Provider]:
+        """Providers by priority; equal priorities in a weighted random order."""
+        keyed = [(p.priority, -(self._rng.random() ** (1 / p.weight)), p) for p in self.providers]
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        return [p for _, _, p in keyed]
+
+    def health(self) -> list[tuple[ProviderHealth, float]]:
+        """Every provider's breaker view and the seconds left of its Retry-After cooldown."""
+        now = self._mono()
+        return [
+            (h, max(0.0, self._not_before.get(h.provider, now) - now)) for h in self.view.health()
+        ]
+
+    # --- one attempt ----------------------------------------------------------------------
+    async def _try(self, provider: Provider, req: _Request) -> Completion | None:
+        """Attempt ``provider`` if it may be called; None if skipped or failed over."""
+        if self._not_before.get(provider.name, 0.0) > self._mono():
+            return None
+        route = self.view.route(provider.name)
+        if not route.allowed:
+            return None
+        holder = str(req.request_id)
+        if route.probe:
+            try:
+                if not await self.view.acquire_permit(route, holder):
+                    return None
+            except asyncio.CancelledError:
+                await asyncio.shield(self.view.release_permit(route, holder))
+                raise
+        return await self._call(provider, route, req)
+
+    async def _call(self, provider: Provider, route: Route, req: _Request) -> Completion | None:
+        call, number = req.call, len(req.attempts) + 1
+        model = provider.model_for(call.operation)
+        self.emitter.emit(
+            LLMRequest(
+                event_id=uuid.uuid4(),
+                event_time=self._wall(),
+                request_id=req.request_id,
+                org_id=call.org_id,
+                user_id=call.user_id,
+                subject_id=call.subject_id,
+                operation=call.operation,
+                provider=provider.name,
+                model=model,
+                prompt_name=call.prompt_name,
+                prompt_version=call.prompt_version,
+                attempt=number,
+            )
+        )
+        timeout = min(provider.timeout_seconds, req.deadline - self._mono())
+        began = self._mono()
+        try:
+            completion = await asyncio.wait_for(provider.call(call, model), timeout)
+        except asyncio.CancelledError:
+            if route.probe:
+                await asyncio.shield(self.view.release_permit(route, str(req.request_id)))
+            raise
+        except Exception as exc:
+            latency = (self._mono() - began) * 1000
+            decision = classify_error(exc, self._wall())
+            if decision is None:
+                if route.probe:
+                    await self.view.release_permit(route, str(req.request_id))
+                raise
+            self._finish(provider, route, req, latency, None, decision)
+            if decision.retry_after_s:
+                self._not_before[provider.name] = self._mono() + decision.retry_after_s
+            if not decision.retryable:
+                raise RequestRejected(provider.name, decision, req.attempts) from exc
+            return None
+        self._finish(provider, route, req, (self._mono() - began) * 1000, completion, None)
+        return completion
+
+    def _finish(
+        self,
+        provider: Provider,
+        route: Route,
+        req: _Request,
+        latency_ms: float,
+        completion: Completion | None,
+        decision: ErrorDecision | None,
+    ) -> None:
+        """Record the attempt, feed the local breaker and emit the outcome."""
+        call, number = req.call, len(req.attempts) + 1
+        done = completion or Completion()
+        status = decision.status if decision else OutcomeStatus.success
+        retry_after_ms = None
+        if (
+            decision
+            and decision.retry_after_s is not None
+            and decision.error_class is ErrorClass.rate_limited
+        ):
+            retry_after_ms = round(decision.retry_after_s * 1000)
+        outcome = LLMOutcome(
+            event_id=uuid.uuid4(),
+            event_time=self._wall(),
+            request_id=req.request_id,
+            org_id=call.org_id,
+            user_id=call.user_id,
+            operation=call.operation,
+            provider=provider.name,
+            model=provider.model_for(call.operation),
+            prompt_name=call.prompt_name,
+            prompt_version=call.prompt_version,
+            status=status,
+            error_class=decision.error_class if decision else None,
+            http_status=decision.http_status if decision else None,
+            retry_after_ms=retry_after_ms,
+            latency_ms=round(latency_ms),
+            ttft_ms=done.ttft_ms,
+            input_tokens=done.input_tokens,
+            output_tokens=done.output_tokens,
+            cached_tokens=done.cached_tokens,
+            cost_usd=done.cost_usd,
+            cache_hit=done.cache_hit,
+            attempt=number,
+            is_probe=route.probe,
+        )
+        req.attempts.append(
+            AttemptRecord(
+                provider.name, number, status, outcome.error_class, latency_ms, route.probe
+            )
+        )
+        metrics.ATTEMPTS.labels(provider=provider.name, status=status.value).inc()
+        self.view.record(outcome)
+        self.emitter.emit(outcome)
+
+
+__all__ = [
+    "AllProvidersFailed",
+    "AttemptRecord",
+    "Completion",
+    "Emitter",
+    "LLMCall",
+    "Provider",
+    "ProviderCall",
+    "ProviderOrchestrator",
+    "RequestRejected",
+    "Result",
+]

@@ -1,0 +1,1 @@
+"""Fleet simulator: simulated app instances on the real gateway, against simulated providers."""

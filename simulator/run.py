@@ -1,0 +1,190 @@
+"""``llmpulse simulate``: the fleet simulator on the configured (or local) stack.
+
+This module bridges the operator side (``processors``: settings, local stack,
+worker processes) and the app side (``gateway``, through ``simulator.fleet``),
+so that neither of those packages imports the other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import GatewayConfig
+from processors import kafka, stack, workers
+from processors.settings import Settings
+from processors.topics import create_topics
+from schemas.events import Operation
+from simulator.fleet import FleetReport, FleetScenario, half_open_periods, run_fleet
+from simulator.providers import Fault, FaultKind, ProviderSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Short breaker durations so an outage plays out in seconds (demo and simulate).
+FAST_BREAKER = ROOT / "examples" / "breaker-fast.yaml"
+PROVIDERS = ("openai", "anthropic")
+MODELS = {
+    "openai": {
+        Operation.completion: "gpt-4o",
+        Operation.embedding: "text-embedding-3-small",
+        Operation.moderation: "omni-moderation-latest",
+    },
+    "anthropic": {
+        Operation.completion: "claude-sonnet-4",
+        Operation.embedding: "voyage-3",
+        Operation.moderation: "claude-haiku-4",
+    },
+}
+_FAULT = re.compile(r"^([a-z0-9_-]+):(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)(?::(\d+(?:\.\d+)?))?$")
+
+
+class ScenarioError(ValueError):
+    """A fault or provider option the simulator cannot use (one-line message)."""
+
+
+def parse_fault(text: str, kind: FaultKind) -> tuple[str, Fault]:
+    """``PROVIDER:START-END[:RETRY_AFTER]`` (seconds into the run) -> (provider, fault)."""
+    m = _FAULT.match(text)
+    if not m:
+        raise ScenarioError(f"fault {text!r}: expected PROVIDER:START-END, e.g. openai:10-40")
+    provider, start, end, retry = m.groups()
+    if provider not in PROVIDERS:
+        raise ScenarioError(f"fault {text!r}: unknown provider (one of {', '.join(PROVIDERS)})")
+    if float(end) <= float(start):
+        raise ScenarioError(f"fault {text!r}: END must be after START")
+    return provider, Fault(kind, float(start), float(end), float(retry or 2.0))
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """Per-provider knobs from the command line."""
+
+    faults: dict[str, list[Fault]]
+    error_rates: dict[str, float]
+    reject_rates: dict[int, float]
+
+
+def provider_specs(options: ProviderOptions) -> tuple[ProviderSpec, ...]:
+    """The simulated providers: openai preferred (priority 0), anthropic as fallback."""
+    return tuple(
+        ProviderSpec(
+            name=name,
+            models=MODELS[name],
+            priority=i,
+            latency_median_ms=(150.0, 180.0)[i],
+            error_rate=options.error_rates.get(name, 0.0),
+            faults=tuple(options.faults.get(name, ())),
+            reject_rates=options.reject_rates,
+        )
+        for i, name in enumerate(PROVIDERS)
+    )
+
+
+def gateway_config(settings: Settings) -> GatewayConfig:
+    """The gateway's view of the processors' settings (same topics, keys and services)."""
+    return GatewayConfig(
+        bootstrap_servers=kafka.bootstrap(settings),
+        redis_url=str(settings.redis_url),
+        topic_prefix=settings.topic_prefix,
+        spool_dir=settings.state_dir / "gateway-spool",
+    )
+
+
+async def simulate(
+    settings: Settings,
+    scenario: FleetScenario,
+    *,
+    breaker_worker: bool = True,
+    say: Callable[[str], None] = print,
+) -> FleetReport:
+    """Bring the stack up, optionally run a breaker worker, run the fleet, print the report."""
+    ep = stack.up(settings, progress=lambda m: say(f"    {m}"))
+    settings = stack.with_endpoints(settings, ep)
+    await create_topics(settings)
+    procs = []
+    if breaker_worker:
+        config = (settings.breaker_config_file or FAST_BREAKER).absolute()
+        procs.append(
+            workers.start_worker(
+                settings,
+                "breaker",
+                say,
+                LLMPULSE_BREAKER_CONFIG_FILE=str(config),
+                LLMPULSE_BREAKER_TICK_SECONDS="0.2",
+            )
+        )
+        await workers.wait_ready(*procs)
+    try:
+        say(
+            f"==> {scenario.instances} app instances x {scenario.rate:g} requests/s for "
+            f"{scenario.seconds:g}s (seed {scenario.seed})"
+        )
+        report = await run_fleet(
+            gateway_config(settings),
+            scenario,
+            spool_root=settings.state_dir / "gateway-spool",
+            progress=lambda line: say("    " + line),
+        )
+    finally:
+        workers.stop_workers(*procs)
+    for line in render(report, scenario):
+        say(line)
+    return report
+
+
+def render(report: FleetReport, scenario: FleetScenario) -> list[str]:
+    """The human-readable fleet report: totals, breaker timeline, probes per half-open period."""
+    lines = ["", "Fleet report", *("  " + s for s in report.summary())]
+    lines += ["", "Breaker timeline (as announced in Redis)"]
+    for t, provider, state, version in report.timeline:
+        lines.append(f"  t={t:6.2f}s  {provider:<10} v{version:<3} {state.value}")
+    for spec in scenario.providers:
+        periods = half_open_periods(report, spec.name)
+        if not periods:
+            continue
+        calls = report.provider_calls[spec.name]
+        counts = [sum(start <= c.at < end for c in calls) for start, end, _ in periods]
+        lines.append(
+            f"  {spec.name}: {len(periods)} half-open periods, calls received per period "
+            f"{counts} (fleet-wide limit {report.probe_permits.get(spec.name, 1)} each)"
+        )
+    return lines
+
+
+def default_scenario(
+    *,
+    instances: int,
+    seconds: float,
+    rate: float,
+    seed: int,
+    faults: Sequence[tuple[str, Fault]],
+    error_rates: dict[str, float],
+    prompt_name: str | None = None,
+    reject_rates: dict[int, float] | None = None,
+    feedback_means: dict[int, float] | None = None,
+) -> FleetScenario:
+    """A scenario over the two standard simulated providers."""
+    by_provider: dict[str, list[Fault]] = {}
+    for provider, fault in faults:
+        by_provider.setdefault(provider, []).append(fault)
+    return FleetScenario(
+        providers=provider_specs(ProviderOptions(by_provider, error_rates, reject_rates or {})),
+        instances=instances,
+        seconds=seconds,
+        rate=rate,
+        seed=seed,
+        prompt_name=prompt_name,
+        feedback_means=feedback_means or {},
+    )
+
+
+__all__ = [
+    "FAST_BREAKER",
+    "ScenarioError",
+    "default_scenario",
+    "gateway_config",
+    "parse_fault",
+    "render",
+    "simulate",
+]
