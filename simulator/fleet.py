@@ -102,6 +102,8 @@ class FleetReport:
     spooled: int = 0
     replayed: int = 0
     wall_start: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: ``time.monotonic()`` at the start of the run (report times are relative to it).
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def success_rate(self) -> float:
@@ -192,7 +194,7 @@ async def run_fleet(
 ) -> FleetReport:
     """Run ``scenario`` against the services in ``gw``; returns the fleet report."""
     report = FleetReport()
-    started = time.monotonic()
+    started = report.started
 
     def clock() -> float:
         return time.monotonic() - started
@@ -317,9 +319,9 @@ class _Instance:
         finally:
             await self.view.close()
             await self.emitter.close()
-            self.report.emitted += self.emitter.stats.emitted
-            self.report.spooled += self.emitter.stats.spooled
-            self.report.replayed += self.emitter.stats.replayed
+            self.report.emitted += self.emitter.emitted
+            self.report.spooled += self.emitter.spooled
+            self.report.replayed += self.emitter.replayed
             await self.redis.aclose()
 
     async def _one(self) -> None:

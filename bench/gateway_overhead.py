@@ -1,0 +1,163 @@
+"""Gateway costs on the application's request path, on the real local stack.
+
+    python -m bench.gateway_overhead [--decisions 100000] [--events 50000]
+
+* routing decision: ``ProviderOrchestrator.order()`` plus ``BreakerView.route()``
+  of each provider until one is allowed (the preferred one is open, so every
+  decision skips it), microseconds per decision;
+* orchestration overhead: a whole ``execute()`` against an instant provider
+  (two events built and handed to the emitter, local breaker fed), per request;
+* ``emit`` on the caller's path: ``EventEmitter.emit`` of a built event while
+  its sender drains to Kafka, compared with the bare aiokafka path an app
+  would otherwise take in the same run: ``model_dump_json`` plus
+  ``await AIOKafkaProducer.send`` (enqueue only, acks awaited later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import bench_settings, max_rss_mib
+from gateway.breaker_view import BreakerView
+from gateway.config import GatewayConfig, redis_client
+from gateway.emitter import EventEmitter
+from gateway.orchestrator import Completion, LLMCall, Provider, ProviderOrchestrator
+from processors import kafka
+from processors.settings import Settings
+from schemas import serving
+from schemas.events import BreakerSnapshot, BreakerState, LLMOutcome, Operation, OutcomeStatus
+from schemas.topics import OUTCOMES
+
+
+async def _instant(call: LLMCall, model: str) -> Completion:
+    return Completion(input_tokens=10, output_tokens=10)
+
+
+class _NullEmitter:
+    def emit(self, event: object) -> None:
+        pass
+
+
+def _outcome() -> LLMOutcome:
+    return LLMOutcome(
+        event_id=uuid.uuid4(),
+        event_time=datetime.now(UTC),
+        request_id=uuid.uuid4(),
+        org_id="bench",
+        operation=Operation.completion,
+        provider="p1",
+        model="m",
+        status=OutcomeStatus.success,
+        latency_ms=120,
+        input_tokens=100,
+        output_tokens=50,
+    )
+
+
+async def _routing(gw: GatewayConfig, decisions: int) -> tuple[float, float]:
+    rds = redis_client(gw)
+    now = datetime.now(UTC)
+    opened = BreakerSnapshot(
+        event_id=uuid.uuid4(),
+        event_time=now,
+        provider="p0",
+        state=BreakerState.open,
+        version=1,
+        since=now,
+        as_of=now,
+        failure_rate=1.0,
+        calls_in_window=50,
+    )
+    key = serving.breaker_key(gw.topic_prefix, "p0")
+    await rds.hset(key, mapping={"version": 1, "snapshot": opened.model_dump_json()})
+    view = BreakerView(rds, gw, ["p0", "p1", "p2"])
+    await view.refresh()
+    orch = ProviderOrchestrator(
+        [Provider(f"p{i}", "m", _instant, priority=i) for i in range(3)],
+        view=view,
+        emitter=_NullEmitter(),
+    )
+    started = time.perf_counter()
+    for _ in range(decisions):
+        for p in orch.order():
+            if view.route(p.name).allowed:
+                break
+    routing_us = (time.perf_counter() - started) / decisions * 1e6
+    call = LLMCall(org_id="bench")
+    n = decisions // 10
+    started = time.perf_counter()
+    for _ in range(n):
+        await orch.execute(call)
+    execute_us = (time.perf_counter() - started) / n * 1e6
+    await rds.aclose()
+    return routing_us, execute_us
+
+
+async def _emit(settings: Settings, gw: GatewayConfig, events: int) -> tuple[float, float]:
+    batch = [_outcome() for _ in range(events)]
+    emitter = EventEmitter(gw)
+    await emitter.start()
+    spent = 0.0
+    for i in range(0, events, 1000):
+        t0 = time.perf_counter()
+        for e in batch[i : i + 1000]:
+            emitter.emit(e)
+        spent += time.perf_counter() - t0
+        await asyncio.sleep(0)  # let the sender drain, as an app's loop would
+    await emitter.close()
+    assert emitter.dropped == 0
+    assert emitter.sent + emitter.spooled == events
+    emit_us = spent / events * 1e6
+
+    producer = kafka.producer(settings)
+    await producer.start()
+    topic = settings.topic(OUTCOMES)
+    spent = 0.0
+    futures = []
+    for i in range(0, events, 1000):
+        t0 = time.perf_counter()
+        for e in batch[i : i + 1000]:
+            futures.append(await producer.send(topic, e.model_dump_json().encode(), key=b"p1"))
+        spent += time.perf_counter() - t0
+        await asyncio.sleep(0)
+    await asyncio.gather(*futures)
+    await producer.stop()
+    return emit_us, spent / events * 1e6
+
+
+async def main_async(decisions: int, events: int) -> None:
+    settings = await bench_settings(Settings())
+    with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
+        gw = GatewayConfig(
+            bootstrap_servers=kafka.bootstrap(settings),
+            redis_url=str(settings.redis_url),
+            topic_prefix=settings.topic_prefix,
+            spool_dir=Path(tmp) / "spool",
+        )
+        routing_us, execute_us = await _routing(gw, decisions)
+        emit_us, bare_us = await _emit(settings, gw, events)
+    print(f"routing decision (preferred provider open): {routing_us:8.2f} us")
+    print(f"execute() overhead, instant provider:       {execute_us:8.2f} us per request")
+    print(
+        f"emit() on the caller's path:                {emit_us:8.2f} us per event "
+        f"(bare aiokafka dump+send {bare_us:.2f} us; ratio {emit_us / bare_us:.2f})"
+    )
+    print(f"max RSS {max_rss_mib():.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=50_000)
+    args = parser.parse_args()
+    asyncio.run(main_async(args.decisions, args.events))
+
+
+if __name__ == "__main__":
+    main()

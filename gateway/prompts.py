@@ -1,0 +1,282 @@
+"""Sticky prompt A/B selection over the registry's Redis view.
+
+``assign`` is the pure core: weighted rendezvous hashing of (prompt, subject)
+over the active versions. ``PromptSelector`` is the thin edge: it reads the
+view the registry agent writes (``schemas.serving.prompt_key``), caches it and
+keeps serving the last known view while Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.config import GatewayConfig
+from schemas.serving import prompt_key
+
+log = logging.getLogger(__name__)
+
+_2_POW_53 = float(2**53)
+
+
+def _unit(prompt_name: str, subject_id: str, version: int) -> float:
+    """Uniform in the open interval (0, 1), a pure function of its arguments."""
+    # Length prefixes keep the encoding injective ("a|b" + "c" != "a" + "b|c");
+    # surrogatepass so any Python str (even lone surrogates) hashes instead of raising.
+    text = f"{len(prompt_name)}:{prompt_name}|{len(subject_id)}:{subject_id}|{version}"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    top53 = int.from_bytes(digest[:8], "big") >> 11
+    # +0.5 keeps u away from 0, where -ln(u) would be infinite.
+    return (top53 + 0.5) / _2_POW_53
+
+
+def assign(prompt_name: str, subject_id: str, weights: Sequence[tuple[int, Decimal]]) -> int:
+    """The version of ``prompt_name`` that ``subject_id`` gets, by weighted rendezvous hashing.
+
+    For each ``(version, weight)`` with weight > 0, ``u`` is uniform in (0, 1)
+    from sha256 of (prompt, subject, version) and the score is ``-ln(u) /
+    weight``; the lowest score wins (ties: lowest version). Guarantees:
+
+    * Sticky: the same subject always gets the same version for the same weights
+      (no per-call randomness, no state).
+    * Proportional: over many subjects, each version's share matches its weight
+      divided by the sum of positive weights.
+    * Minimal movement: each version's score depends only on its own weight, so
+      adding, removing or re-weighting version ``v`` only moves subjects to or
+      from ``v``; subjects between unrelated versions never move (unlike
+      cumulative-weight bucketing, where every boundary shifts).
+
+    Versions with weight 0 are never chosen. Raises ValueError if a weight is
+    negative or not finite, or if no version has a weight > 0.
+    """
+    best: tuple[float, int] | None = None
+    for version, weight in weights:
+        if not weight.is_finite() or weight < 0:
+            raise ValueError(f"weight of version {version} must be finite and >= 0, got {weight}")
+        if weight == 0:
+            continue
+        score = (-math.log(_unit(prompt_name, subject_id, version)) / float(weight), version)
+        if best is None or score < best:
+            best = score
+    if best is None:
+        raise ValueError(f"prompt {prompt_name!r} has no version with weight > 0")
+    return best[1]
+
+
+@dataclass(frozen=True)
+class PromptVersionView:
+    """One active prompt version as served by the registry (weight is the effective share)."""
+
+    version: int
+    weight: Decimal
+    content: str | None
+    system_message: str | None
+    temperature: Decimal | None
+    max_tokens: int | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class PromptChoice:
+    """The prompt version chosen for one subject."""
+
+    prompt_name: str
+    version: PromptVersionView
+
+
+class PromptUnavailable(Exception):
+    """No active version is known for the prompt (none in Redis and none cached)."""
+
+
+def _decimal(key: str, value: Any) -> Decimal:
+    # Only strings (or ints): a JSON float would already have lost precision.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{key!r} must be a decimal string, got {value!r}")
+    try:
+        parsed = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{key!r} must be a decimal string, got {value!r}") from None
+    if not parsed.is_finite():
+        raise ValueError(f"{key!r} must be finite, got {value!r}")
+    return parsed
+
+
+def _opt_str(entry: dict[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string or null, got {value!r}")
+    return value
+
+
+def _opt_int(entry: dict[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{key!r} must be an integer or null, got {value!r}")
+    return value
+
+
+def _version(entry: Any) -> PromptVersionView:
+    if not isinstance(entry, dict):
+        raise ValueError(f"each version must be an object, got {entry!r}")
+    version = entry.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"'version' must be an integer, got {version!r}")
+    weight = _decimal("weight", entry.get("weight"))
+    if weight < 0:
+        raise ValueError(f"weight of version {version} must be >= 0, got {weight}")
+    temperature = entry.get("temperature")
+    return PromptVersionView(
+        version=version,
+        weight=weight,
+        content=_opt_str(entry, "content"),
+        system_message=_opt_str(entry, "system_message"),
+        temperature=None if temperature is None else _decimal("temperature", temperature),
+        max_tokens=_opt_int(entry, "max_tokens"),
+        model=_opt_str(entry, "model"),
+    )
+
+
+def parse_view(raw: bytes | str) -> list[PromptVersionView]:
+    """The versions of a registry view (``processors.prompts_agent.registry_view`` JSON).
+
+    Returns them in view order; unknown keys are ignored and missing optional
+    fields are None. Raises ValueError naming the problem when the JSON is
+    malformed, a field has the wrong type, a weight is negative or not a
+    decimal string, or a version appears twice.
+    """
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"prompt view is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("versions"), list):
+        raise ValueError("prompt view must be an object with a 'versions' list")
+    versions = [_version(entry) for entry in doc["versions"]]
+    seen = [v.version for v in versions]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"prompt view lists a version twice: {seen}")
+    return versions
+
+
+@dataclass(frozen=True)
+class _Cached:
+    versions: tuple[PromptVersionView, ...]
+    #: Clock time of the last refresh attempt, successful or not.
+    checked_at: float
+
+
+class PromptSelector:
+    """Picks a sticky prompt version per subject from the registry view in Redis.
+
+    Each prompt's view is re-read at most once per ``refresh_seconds``. If Redis
+    fails (``RedisError`` or ``OSError``), the view is missing or malformed,
+    the last known view keeps being served without raising, and Redis is tried
+    again after ``refresh_seconds``; one warning is logged per Redis outage.
+    An empty view (the registry says no version is active) replaces the cache.
+
+    The Redis client's own timeouts and retries bound how long a refresh can
+    block ``select``: give it short timeouts (``GatewayConfig.redis_timeout_seconds``)
+    and few retries (redis-py's default is 10 retries with backoff). Concurrent
+    callers share one refresh per prompt; those with a cached view do not wait
+    for it.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        config: GatewayConfig,
+        *,
+        refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not refresh_seconds > 0:
+            raise ValueError(f"refresh_seconds must be > 0, got {refresh_seconds}")
+        self._redis = redis
+        self._config = config
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._redis_down = False
+
+    async def select(self, prompt_name: str, subject_id: str) -> PromptChoice:
+        """The version ``subject_id`` gets (see ``assign``) from the current or last known view.
+
+        Raises PromptUnavailable when no version with weight > 0 is known for
+        the prompt (unknown prompt, all deactivated, or Redis down and nothing
+        cached). Never raises Redis errors.
+        """
+        cached = self._cache.get(prompt_name)
+        if cached is None or self._clock() - cached.checked_at >= self._refresh_seconds:
+            task = self._inflight.get(prompt_name)
+            if task is None:
+                # Own task: one GET per prompt however many callers, and a caller's
+                # cancellation cannot interrupt redis-py mid-command (which can
+                # leave the connection out of step).
+                task = asyncio.create_task(self._refresh(prompt_name))
+                self._inflight[prompt_name] = task
+                task.add_done_callback(self._forget)
+                await asyncio.shield(task)
+            elif cached is None:
+                await asyncio.shield(task)
+            # else: another caller is refreshing; the cached view is still good to serve.
+            cached = self._cache.get(prompt_name)
+        return self.choose(prompt_name, subject_id, cached.versions if cached else ())
+
+    def choose(
+        self, prompt_name: str, subject_id: str, versions: Sequence[PromptVersionView]
+    ) -> PromptChoice:
+        """The version ``subject_id`` gets among ``versions`` (pure, see ``assign``).
+
+        Raises PromptUnavailable if no version has a weight > 0.
+        """
+        if not any(v.weight > 0 for v in versions):
+            raise PromptUnavailable(f"no active version of prompt {prompt_name!r}")
+        chosen = assign(prompt_name, subject_id, [(v.version, v.weight) for v in versions])
+        return PromptChoice(prompt_name, next(v for v in versions if v.version == chosen))
+
+    async def _refresh(self, prompt_name: str) -> None:
+        key = prompt_key(self._config.topic_prefix, prompt_name)
+        try:
+            raw = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            if not self._redis_down:
+                self._redis_down = True
+                log.warning("Redis unreachable, serving last known prompt views: %r", exc)
+            self._keep(prompt_name)
+            return
+        if self._redis_down:
+            self._redis_down = False
+            log.info("Redis reachable again, prompt views refreshed")
+        if raw is None:
+            # Unknown prompt, or Redis lost its data (the view is rebuildable and is
+            # rewritten only on change): the last known view is the best answer.
+            self._keep(prompt_name)
+            return
+        try:
+            versions = parse_view(raw)
+        except ValueError as exc:
+            log.warning("ignoring malformed prompt view %s: %s", key, exc)
+            self._keep(prompt_name)
+            return
+        self._cache[prompt_name] = _Cached(tuple(versions), self._clock())
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for name, running in list(self._inflight.items()):
+            if running is task:
+                del self._inflight[name]
+
+    def _keep(self, prompt_name: str) -> None:
+        """Keep the last known view (or none) and wait refresh_seconds before retrying."""
+        old = self._cache.get(prompt_name)
+        self._cache[prompt_name] = _Cached(old.versions if old else (), self._clock())
