@@ -33,6 +33,7 @@ COPY pyproject.toml README* ./
 COPY schemas/ schemas/
 COPY processors/ processors/
 COPY gateway/ gateway/
+COPY simulator/ simulator/
 RUN pip install --upgrade pip && pip install .
 
 # ---- runtime stage ----

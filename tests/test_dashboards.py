@@ -415,6 +415,16 @@ def test_compose_workers() -> None:
     assert commands == WORKER_COMMANDS
 
 
+def test_compose_simulate_job_is_a_valid_command() -> None:
+    from processors.cli import build_parser
+
+    sim = compose_services()["simulate"]
+    assert sim["profiles"] == ["simulate"]
+    args = build_parser().parse_args(sim["command"])
+    assert (args.command, args.breaker_worker) == ("simulate", False)
+    assert args.outage == ["openai:10-40"]
+
+
 def test_compose_init_job() -> None:
     init = compose_services()["llmpulse-init"]
     assert init["restart"] == "no"

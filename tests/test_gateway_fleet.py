@@ -40,8 +40,13 @@ async def _run(
     scenario: FleetScenario,
     tmp_path: Path,
     chaos: list[tuple[float, str, str]] = (),  # type: ignore[assignment]
+    local_stack: Settings | None = None,
 ) -> tuple[FleetReport, dict[str, float]]:
-    """Run the fleet with a breaker worker; ``chaos``: (t, stop|start, service) actions."""
+    """Run the fleet with a breaker worker; ``chaos``: (t, stop|start, service) actions.
+
+    ``local_stack``: the settings the session stack was started with (services
+    are stopped and started through them).
+    """
     breaker = workers.start_worker(
         settings,
         "breaker",
@@ -57,11 +62,10 @@ async def _run(
         async def inject() -> None:
             for at, action, service in chaos:
                 await asyncio.sleep(max(0.0, at - (time.monotonic() - begin)))
-                fn = stack.stop_service if action == "stop" else stack.start_service
                 if action == "stop":
-                    await asyncio.to_thread(fn, settings, service)
+                    await asyncio.to_thread(_stop, local_stack, service)
                 else:
-                    await asyncio.to_thread(stack.start_service, settings, service, lambda m: None)
+                    await asyncio.to_thread(_start, local_stack, service)
                 done[f"{action} {service}"] = time.monotonic() - begin
 
         try:
@@ -72,11 +76,21 @@ async def _run(
         finally:
             for _, action, service in chaos:
                 if action == "stop":
-                    await asyncio.to_thread(stack.start_service, settings, service, lambda m: None)
+                    await asyncio.to_thread(_start, local_stack, service)
         offset = report.started - begin  # report times are relative to report.started
         return report, {k: v - offset for k, v in done.items()}
     finally:
         workers.stop_workers(breaker)
+
+
+def _stop(local_stack: Settings | None, service: str) -> None:
+    assert local_stack is not None
+    stack.stop_service(local_stack, service)
+
+
+def _start(local_stack: Settings | None, service: str) -> None:
+    assert local_stack is not None
+    stack.start_service(local_stack, service, lambda m: None)
 
 
 async def test_outage_of_the_preferred_provider(settings: Settings, tmp_path: Path) -> None:
@@ -127,14 +141,18 @@ async def test_outage_of_the_preferred_provider(settings: Settings, tmp_path: Pa
 
 
 async def test_redis_outage_falls_back_to_local_breakers(
-    settings: Settings, tmp_path: Path
+    settings: Settings, base_settings: Settings, tmp_path: Path
 ) -> None:
     outage = Fault(FaultKind.outage, 10, 18)
     scenario = default_scenario(
         instances=3, seconds=36, rate=20, seed=12, faults=[("openai", outage)], error_rates={}
     )
     report, done = await _run(
-        settings, scenario, tmp_path, chaos=[(7, "stop", "redis"), (22, "start", "redis")]
+        settings,
+        scenario,
+        tmp_path,
+        chaos=[(7, "stop", "redis"), (22, "start", "redis")],
+        local_stack=base_settings,
     )
     print("\n".join(report.summary()), done)
     down, up = done["stop redis"], done["start redis"]
@@ -155,7 +173,7 @@ async def test_redis_outage_falls_back_to_local_breakers(
 
 
 async def test_kafka_outage_loses_and_duplicates_no_event(
-    settings: Settings, tmp_path: Path
+    settings: Settings, base_settings: Settings, tmp_path: Path
 ) -> None:
     scenario = default_scenario(
         instances=3,
@@ -167,7 +185,11 @@ async def test_kafka_outage_loses_and_duplicates_no_event(
         prompt_name=None,
     )
     report, done = await _run(
-        settings, scenario, tmp_path, chaos=[(8, "stop", "kafka"), (38, "start", "kafka")]
+        settings,
+        scenario,
+        tmp_path,
+        chaos=[(8, "stop", "kafka"), (38, "start", "kafka")],
+        local_stack=base_settings,
     )
     print("\n".join(report.summary()), done)
     assert done["start kafka"] - done["stop kafka"] >= 29
