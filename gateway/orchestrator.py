@@ -299,6 +299,10 @@ class ProviderOrchestrator:
                     await self.view.release_permit(route, str(req.request_id))
                 raise
             self._finish(provider, route, req, latency, None, decision)
+            if route.probe and not decision.retryable:
+                # The request's own fault says nothing about the provider: the next
+                # caller may probe at once instead of waiting for the permit to expire.
+                await self.view.release_permit(route, str(req.request_id))
             if decision.retry_after_s:
                 self._not_before[provider.name] = self._mono() + decision.retry_after_s
             if not decision.retryable:

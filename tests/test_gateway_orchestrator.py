@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.breaker_view import BreakerView, Source
 from gateway.config import GatewayConfig, redis_client
@@ -146,7 +147,7 @@ async def test_server_error_fails_over_and_every_attempt_is_two_events() -> None
         "LLMRequest",
         "LLMOutcome",
     ]
-    assert {e.request_id for e in events.items} == {result.request_id}  # type: ignore[union-attr]
+    assert {e.request_id for e in events.items} == {result.request_id}
     assert len({e.event_id for e in events.items}) == 4
     first, second = events.outcomes()
     assert (first.provider, first.status, first.error_class, first.http_status, first.attempt) == (
@@ -284,23 +285,29 @@ def test_order_by_priority_then_weight() -> None:
     assert abs(firsts["x"] / 20_000 - 0.75) < 0.015
 
 
-async def test_cancelled_shared_probe_releases_its_redis_permit(settings: Settings) -> None:
+async def _shared_half_open(
+    settings: Settings, a: FakeProvider
+) -> tuple[ProviderOrchestrator, aioredis.Redis, list[str]]:
+    """Provider a half-open in the shared view (generation 7, two permits), b closed."""
     config = GatewayConfig(
         bootstrap_servers="127.0.0.1:1",
         redis_url=str(settings.redis_url),
         topic_prefix=settings.topic_prefix,
     )
     rds = redis_client(config)
-    a, b = FakeProvider("a", delay=10), FakeProvider("b")
     view = BreakerView(rds, config, ["a", "b"])
     await view.refresh()
     view.apply(_snapshot("a", BreakerState.half_open, 7, permits=2))
     orch = ProviderOrchestrator(
-        [Provider("a", "m", a), Provider("b", "m", b, priority=1)],
+        [Provider("a", "m", a), Provider("b", "m", FakeProvider("b"), priority=1)],
         view=view,
         emitter=Events(),
     )
-    keys = serving.permit_keys(settings.topic_prefix, "a", 7, 2)
+    return orch, rds, serving.permit_keys(settings.topic_prefix, "a", 7, 2)
+
+
+async def test_cancelled_shared_probe_releases_its_redis_permit(settings: Settings) -> None:
+    orch, rds, keys = await _shared_half_open(settings, FakeProvider("a", delay=10))
     try:
         probe = asyncio.create_task(orch.execute(CALL))
         await asyncio.sleep(0.2)
@@ -309,6 +316,31 @@ async def test_cancelled_shared_probe_releases_its_redis_permit(settings: Settin
         probe.cancel()
         with pytest.raises(asyncio.CancelledError):
             await probe
+        assert [await rds.get(k) for k in keys] == [None, None]
+    finally:
+        await rds.aclose()
+
+
+async def test_shared_probe_permits_are_kept_on_failure_and_freed_on_client_errors(
+    settings: Settings,
+) -> None:
+    failing = FakeProvider("a", ProviderError("down", http_status=503))
+    orch, rds, keys = await _shared_half_open(settings, failing)
+    try:
+        assert (await orch.execute(CALL)).provider == "b"
+        # A failed probe keeps its permit (until it expires or the breaker re-opens).
+        held = [await rds.get(k) for k in keys]
+        assert sum(v is not None for v in held) == 1
+    finally:
+        await rds.aclose()
+    orch, rds, keys = await _shared_half_open(
+        settings, FakeProvider("a", ProviderError("bad request", http_status=400))
+    )
+    try:
+        await rds.delete(*keys)
+        with pytest.raises(RequestRejected):
+            await orch.execute(CALL)
+        # The request's own fault says nothing about the provider: permit given back.
         assert [await rds.get(k) for k in keys] == [None, None]
     finally:
         await rds.aclose()
