@@ -1,0 +1,969 @@
+"""Non-blocking, lossless emission of request/outcome/feedback events to Kafka.
+
+:class:`EventEmitter` is what an application service calls on its hot path:
+``emit(event)`` serializes the event to the canonical wire bytes (the same bytes
+``processors.codec.encode`` produces), puts it on a bounded in-memory queue and
+returns. It never waits for the network and never raises because of Kafka.
+A background sender drains the queue into an idempotent ``acks=all`` producer,
+pipelining sends and awaiting acknowledgements batch by batch.
+
+When Kafka cannot take events (a send fails, or a batch is not acknowledged
+within the request timeout) the emitter switches to *spooling mode*: events go
+to an append-only JSON-lines spool on local disk (:class:`Spool`) instead, while
+a recovery loop probes Kafka about once a second. Once Kafka acknowledges
+again, the spool is replayed oldest segment first (a segment's cursor advances
+only after its batch is acknowledged) and the emitter returns to normal mode.
+A producer whose send failed, or that holds sends unacknowledged for
+``abandon_after`` seconds, is stopped and replaced, and those sends are
+spooled (aiokafka's idempotent producer otherwise retries some failures, such
+as a sequence gap after an outage, forever). A full memory queue also
+overflows into the spool rather than blocking the caller; that spill is
+replayed while Kafka is healthy too. A new emitter on the same ``spool_dir``
+(an application restart) replays what an earlier process left there.
+
+Guarantee: **at-least-once, with no intentional duplicates.** An emitted event
+is in the memory queue, with the producer (sent, acknowledgement pending), or
+in the spool (possibly also in a replay batch, whose records leave the spool
+only once acknowledged), never in two of these; the emitter never sends again
+an event that Kafka acknowledged. A duplicate in Kafka is possible only when
+Kafka persisted a send whose acknowledgement never reached this process: the
+broker went away between write and response, a send was given up after
+``abandon_after`` and spooled although the broker had written it, or the
+process died between a replay batch's acknowledgement and the durable cursor
+update. Consumers deduplicate by ``event_id``, which the caller generates once
+and which travels unchanged through spool and replay. Ordering between spooled
+and later events is not preserved.
+
+What can be lost: a process killed without :meth:`EventEmitter.close`
+(SIGKILL, OOM) loses the events still in its memory queue and those sent but
+not yet acknowledged (bounded by ``emit_queue_size`` plus one send batch);
+spooled events are flushed to the operating system on every write and
+``fsync``-ed when a segment is closed, so only a machine crash can lose the
+unsynced tail of the current segment. A graceful :meth:`EventEmitter.close`
+loses nothing: what Kafka did not acknowledge within the time bound is spooled.
+The one other loss is a local disk that refuses the spool write (full, read
+only): such events are logged at ERROR level and counted in
+:attr:`EventEmitter.dropped`.
+
+Not thread-safe: call :meth:`EventEmitter.emit` from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, NamedTuple, Self, TypeAlias
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ProducerClosed
+
+from gateway.config import GatewayConfig
+from gateway.metrics import EMIT_QUEUE_DEPTH, EVENTS_REPLAYED, EVENTS_SPOOLED
+from schemas.events import Feedback, LLMOutcome, LLMRequest
+from schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, TopicSpec, topic_spec
+
+__all__ = [
+    "EmittableEvent",
+    "EventEmitter",
+    "SegmentRead",
+    "Spool",
+    "SpoolLocked",
+    "SpoolRecord",
+    "read_segment",
+]
+
+log = logging.getLogger(__name__)
+
+#: The events an application service emits.
+EmittableEvent: TypeAlias = LLMRequest | LLMOutcome | Feedback
+
+#: The topic of each emittable model, from the registry (key_field included).
+_SPECS: dict[type[EmittableEvent], TopicSpec] = {
+    LLMRequest: topic_spec(REQUESTS),
+    LLMOutcome: topic_spec(OUTCOMES),
+    Feedback: topic_spec(FEEDBACK),
+}
+
+_SEGMENT_SUFFIX = ".jsonl"
+_CURSOR_SUFFIX = ".acked"
+_LOCK_NAME = ".lock"
+
+
+class SpoolRecord(NamedTuple):
+    """One event ready for Kafka: qualified topic, key and value bytes, event id."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str
+
+    def to_line(self) -> bytes:
+        """The spool line: ``{"topic","key","value","event_id"}`` JSON and a newline."""
+        doc = {
+            "topic": self.topic,
+            "key": self.key.decode("utf-8"),
+            "value": self.value.decode("utf-8"),
+            "event_id": self.event_id,
+        }
+        # json.dumps escapes every newline inside strings, so one record is one line.
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> SpoolRecord | None:
+        """The record on ``line``, or None when the line is not a valid spool record."""
+        try:
+            doc = json.loads(line)
+        except ValueError:  # includes UnicodeDecodeError
+            return None
+        if not isinstance(doc, dict):
+            return None
+        topic, key, value, event_id = (doc.get(k) for k in ("topic", "key", "value", "event_id"))
+        if not all(isinstance(v, str) and v for v in (topic, value, event_id)):
+            return None
+        if not isinstance(key, str):
+            return None
+        return cls(str(topic), key.encode("utf-8"), str(value).encode("utf-8"), str(event_id))
+
+
+# --------------------------------------------------------------------------- spool
+
+
+class SpoolLocked(RuntimeError):
+    """Another spool (this or another process) already owns the directory."""
+
+
+@dataclass(frozen=True)
+class SegmentRead:
+    """The records of one spool segment from a byte offset on.
+
+    ``ends[i]`` is the byte offset just after ``records[i]``'s line, so a replay
+    can advance the segment's cursor to exactly what was acknowledged. ``end``
+    is the offset after the last complete line. ``skipped`` counts complete
+    lines that were not valid records; ``truncated`` says the file ends with a
+    partial line (a crash in the middle of a write), which is not a record.
+    """
+
+    records: list[SpoolRecord]
+    ends: list[int]
+    end: int
+    skipped: int = 0
+    truncated: bool = False
+
+
+def read_segment(path: Path, offset: int = 0) -> SegmentRead:
+    """Read the records of the segment ``path`` from byte ``offset`` (no side effects).
+
+    Never raises for bad content: invalid lines are skipped and a partial last
+    line is ignored, each with a warning naming the segment and byte offset
+    (never the content). Safe to call from a worker thread.
+    """
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    records: list[SpoolRecord] = []
+    ends: list[int] = []
+    skipped = 0
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        record = SpoolRecord.from_line(data[pos:nl])
+        if record is None:
+            skipped += 1
+            log.warning("spool %s: skipping invalid line at byte %d", path.name, offset + pos)
+        else:
+            records.append(record)
+            ends.append(offset + nl + 1)
+        pos = nl + 1
+    truncated = pos < len(data)
+    if truncated:
+        log.warning(
+            "spool %s: skipping a partially written last line at byte %d (%d bytes)",
+            path.name,
+            offset + pos,
+            len(data) - pos,
+        )
+    return SegmentRead(records, ends, offset + pos, skipped, truncated)
+
+
+def _count_lines(path: Path, offset: int) -> int:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().count(b"\n")
+
+
+@dataclass
+class _Active:
+    path: Path
+    fh: IO[bytes]
+    size: int = 0
+    lines: int = 0
+
+
+class Spool:
+    """Append-only JSON-lines segments in one directory, owned by one process.
+
+    Segments are named ``<sequence>.jsonl`` and replayed in sequence order. A
+    segment is written only by the spool that created it and is rotated after
+    ``max_segment_bytes`` or ``max_segment_records``; every :meth:`append` is
+    flushed to the operating system, and a segment is ``fsync``-ed when it is
+    closed (rotation, :meth:`seal`, :meth:`close`). Segments found at start-up
+    (from an earlier process) are never appended to. Replay progress is a byte
+    offset per segment in ``<sequence>.acked``, replaced atomically and synced,
+    so an acknowledged prefix is not replayed again after a restart.
+
+    The directory is locked (``flock``) for the spool's lifetime: a second spool
+    on it raises :class:`SpoolLocked` instead of replaying the same events twice.
+    Not thread-safe; use it from one thread (the emitter's event loop).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_segment_bytes: int = 4 * 1024 * 1024,
+        max_segment_records: int = 10_000,
+    ) -> None:
+        self.directory = Path(directory)
+        self._max_bytes = max_segment_bytes
+        self._max_records = max_segment_records
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock: IO[bytes] | None = (self.directory / _LOCK_NAME).open("ab")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise SpoolLocked(
+                f"spool directory {self.directory} is in use by another emitter"
+            ) from None
+        self._active: _Active | None = None
+        # Lines not yet acknowledged per segment (complete lines after the cursor).
+        self._counts: dict[Path, int] = {}
+        self._next_seq = 1
+        self._scan()
+
+    def _scan(self) -> None:
+        for leftover in self.directory.glob(f"*{_CURSOR_SUFFIX}.tmp"):
+            leftover.unlink(missing_ok=True)
+        for path in sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}")):
+            if not path.stem.isdigit():
+                log.warning("spool %s: ignoring unexpected file %s", self.directory, path.name)
+                continue
+            self._next_seq = max(self._next_seq, int(path.stem) + 1)
+            self._counts[path] = _count_lines(path, self.cursor(path))
+        for cursor in self.directory.glob(f"*{_CURSOR_SUFFIX}"):
+            # A crash between removing a segment and its cursor leaves the cursor.
+            if not cursor.with_suffix(_SEGMENT_SUFFIX).exists():
+                cursor.unlink(missing_ok=True)
+
+    # -- writing ---------------------------------------------------------------
+
+    def append(self, records: Sequence[SpoolRecord]) -> None:
+        """Append ``records`` to the current segment and flush them to the OS.
+
+        Raises ``OSError`` when the disk refuses the write; the records that did
+        make it to disk stay in the spool, and the segment is closed so a later
+        append never continues a partial line.
+        """
+        if self._lock is None:
+            raise RuntimeError("spool is closed")
+        if not records:
+            return
+        lines = [r.to_line() for r in records]
+        i = 0
+        while i < len(lines):
+            active = self._active or self._open_segment()
+            # As many lines as the segment's record and byte limits allow (at least one).
+            chunk: list[bytes] = []
+            size = active.size
+            for line in lines[i : i + self._max_records - active.lines]:
+                if (chunk or active.lines) and size + len(line) > self._max_bytes:
+                    break
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                self._write(active, chunk)
+                i += len(chunk)
+            if not chunk or active.size >= self._max_bytes or active.lines >= self._max_records:
+                self.seal()
+
+    def _write(self, active: _Active, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        try:
+            active.fh.write(data)
+            active.fh.flush()
+        except OSError:
+            # Never write after a failed write (the next line would continue a partial
+            # one): drop this segment as it is; lines that reached the disk still count.
+            self._active = None
+            with contextlib.suppress(OSError):
+                active.fh.close()
+            with contextlib.suppress(OSError):
+                written = _count_lines(active.path, 0) - active.lines
+                self._counts[active.path] += max(0, written)
+            raise
+        active.size += len(data)
+        active.lines += len(lines)
+        self._counts[active.path] += len(lines)
+
+    def _open_segment(self) -> _Active:
+        path = self.directory / f"{self._next_seq:012d}{_SEGMENT_SUFFIX}"
+        self._next_seq += 1
+        # "xb": a segment name is never reused, even if an old file were left over.
+        self._active = _Active(path, path.open("xb"))
+        self._counts[path] = 0
+        return self._active
+
+    def _close_active(self, *, sync: bool) -> None:
+        active, self._active = self._active, None
+        if active is None:
+            return
+        try:
+            active.fh.flush()
+            if sync:
+                os.fsync(active.fh.fileno())
+        finally:
+            active.fh.close()
+        if not active.lines and not self._counts.get(active.path):
+            active.path.unlink(missing_ok=True)
+            self._counts.pop(active.path, None)
+
+    def seal(self) -> None:
+        """Close (and fsync) the current segment so it can be replayed."""
+        self._close_active(sync=True)
+
+    # -- replay bookkeeping ------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        """Closed segments that still hold records, oldest first."""
+        active = self._active.path if self._active is not None else None
+        return sorted(p for p in self._counts if p != active)
+
+    def cursor(self, segment: Path) -> int:
+        """Byte offset up to which ``segment`` has been acknowledged (0 if none)."""
+        try:
+            return int(segment.with_suffix(_CURSOR_SUFFIX).read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("spool %s: unreadable cursor, replaying from the start", segment.name)
+            return 0
+
+    def advance(self, segment: Path, offset: int, records: int) -> None:
+        """Record that ``segment`` is acknowledged up to ``offset`` (``records`` lines)."""
+        path = segment.with_suffix(_CURSOR_SUFFIX)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w") as fh:
+            fh.write(str(offset))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.forget(segment, records)
+
+    def forget(self, segment: Path, lines: int) -> None:
+        """Stop counting ``lines`` lines of ``segment`` as pending (skipped, invalid)."""
+        if segment in self._counts:
+            self._counts[segment] = max(0, self._counts[segment] - lines)
+
+    def remove(self, segment: Path) -> None:
+        """Delete a fully replayed segment and its cursor."""
+        segment.unlink(missing_ok=True)
+        segment.with_suffix(_CURSOR_SUFFIX).unlink(missing_ok=True)
+        self._counts.pop(segment, None)
+
+    def pending(self) -> int:
+        """Records in the spool not yet acknowledged by Kafka."""
+        return sum(self._counts.values())
+
+    def close(self) -> None:
+        """Seal the current segment (fsync) and release the directory lock."""
+        if self._lock is None:
+            return
+        try:
+            self.seal()
+        finally:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+# --------------------------------------------------------------------------- emitter
+
+
+@dataclass
+class _ReplayBatch:
+    segment: Path
+    end: int
+    records: list[SpoolRecord]
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+
+
+def _acked(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+class EventEmitter:
+    """Non-blocking, lossless emission of gateway events (see the module docstring).
+
+    Use from one event loop: ``await start()``, ``emit(...)`` from anywhere in
+    that loop, ``await close()`` on shutdown (or ``async with EventEmitter(...)``).
+    Topic and key of an event come from the ``schemas.topics`` registry (key =
+    the ``key_field`` values joined by ``@``); topic names get
+    ``config.topic_prefix``. Tuning knobs are keyword arguments; the defaults
+    suit production.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        request_timeout_ms: int = 5_000,
+        linger_ms: int = 5,
+        send_batch_size: int = 1_000,
+        replay_batch_size: int = 500,
+        probe_interval: float = 1.0,
+        abandon_after: float | None = None,
+        max_segment_bytes: int = 4 * 1024 * 1024,
+        max_segment_records: int = 10_000,
+    ) -> None:
+        """Open (and lock) the spool; nothing touches the network until :meth:`start`.
+
+        ``request_timeout_ms`` bounds each Kafka request (and how fast an outage
+        is noticed); ``probe_interval`` is the pause between recovery attempts;
+        a producer holding sends unacknowledged for ``abandon_after`` seconds
+        (default three request timeouts) is replaced and those events spooled.
+        Raises :class:`SpoolLocked` when another emitter owns ``config.spool_dir``.
+        """
+        self._config = config
+        self._clock = clock
+        self._request_timeout_ms = request_timeout_ms
+        self._linger_ms = linger_ms
+        self._send_batch_size = send_batch_size
+        self._replay_batch_size = replay_batch_size
+        self._probe_interval = probe_interval
+        # A batch not acknowledged by then means Kafka is away (aiokafka's idempotent
+        # producer retries in-flight batches forever, so this is our outage signal).
+        self._ack_timeout = request_timeout_ms / 1000 + 1.0
+        # How long a producer may hold unacknowledged sends before it is replaced.
+        self._abandon_after = (
+            abandon_after if abandon_after is not None else 3 * request_timeout_ms / 1000
+        )
+        self._spool = Spool(
+            config.spool_dir,
+            max_segment_bytes=max_segment_bytes,
+            max_segment_records=max_segment_records,
+        )
+        self._queue: asyncio.Queue[SpoolRecord] = asyncio.Queue(maxsize=config.emit_queue_size)
+        self._producer: AIOKafkaProducer | None = None
+        # A send of the current producer failed: it may have a sequence gap, after
+        # which aiokafka retries OutOfOrderSequenceNumber forever. Replace it.
+        self._producer_faulty = False
+        # Since when the current producer holds sends unacknowledged past the timeout.
+        self._unacked_since: float | None = None
+        self._unsent: deque[SpoolRecord] = deque()
+        self._inflight: dict[asyncio.Future[Any], SpoolRecord] = {}
+        self._replay: _ReplayBatch | None = None
+        self._spooling = False
+        self._spooling_since: float | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._sender_task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._recovery_task: asyncio.Task[None] | None = None
+        self._emitted = 0
+        self._sent = 0
+        self._spooled = 0
+        self._replayed = 0
+        self._dropped = 0
+
+    # -- monitoring ----------------------------------------------------------------
+
+    @property
+    def emitted(self) -> int:
+        """Events accepted by :meth:`emit`."""
+        return self._emitted
+
+    @property
+    def sent(self) -> int:
+        """Events acknowledged by Kafka on the direct path (not via the spool)."""
+        return self._sent
+
+    @property
+    def spooled(self) -> int:
+        """Spool writes of events (a replay record re-spooled after a failure counts again)."""
+        return self._spooled
+
+    @property
+    def replayed(self) -> int:
+        """Spooled events acknowledged by Kafka after replay (earlier processes' included)."""
+        return self._replayed
+
+    @property
+    def dropped(self) -> int:
+        """Events lost because the local disk refused the spool write (logged at ERROR)."""
+        return self._dropped
+
+    @property
+    def spooling(self) -> bool:
+        """True while Kafka is considered unavailable and new events go to the spool."""
+        return self._spooling
+
+    @property
+    def spooling_since(self) -> float | None:
+        """Clock reading when spooling mode began, or None in normal mode."""
+        return self._spooling_since
+
+    def pending(self) -> int:
+        """Events not yet acknowledged by Kafka: queued, in flight, or in the spool."""
+        return self._queue.qsize() + len(self._unsent) + len(self._inflight) + self._spool.pending()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to Kafka (bounded by the request timeout) and start the sender.
+
+        Never fails because Kafka is unreachable: the emitter then starts in
+        spooling mode and keeps probing. Events left in the spool by an earlier
+        process are replayed in the background.
+        """
+        if self._started:
+            raise RuntimeError("EventEmitter already started")
+        self._started = True
+        if not await self._ensure_producer():
+            self._enter_spooling("Kafka unreachable at start")
+        else:
+            # Events of an earlier process (or spilled before start) are replayed
+            # alongside new events, which go straight to Kafka.
+            self._kick_recovery()
+        self._sender_task = asyncio.create_task(self._sender_loop(), name="emitter-sender")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def emit(self, event: EmittableEvent) -> None:
+        """Hand ``event`` over for delivery; returns at once, never raises because of Kafka.
+
+        The event goes to the memory queue, or to the disk spool when the queue
+        is full or :meth:`close` is under way (a small local file append). Raises
+        ``TypeError`` for an unsupported event type and ``RuntimeError`` after
+        :meth:`close` has finished (both programming errors).
+        """
+        if self._closed:
+            raise RuntimeError("EventEmitter is closed")
+        spec = _SPECS.get(type(event))
+        if spec is None:
+            raise TypeError(f"cannot emit {type(event).__name__}")
+        record = SpoolRecord(
+            topic=self._config.topic(spec.name),
+            key=spec.key_of(event),
+            value=event.model_dump_json().encode("utf-8"),
+            event_id=str(event.event_id),
+        )
+        self._emitted += 1
+        if self._closing:
+            self._spool_write([record])
+            return
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self._spool_write([record])
+        EMIT_QUEUE_DEPTH.set(self._queue.qsize())
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, deliver what Kafka takes within ``timeout`` s, spool the rest.
+
+        After it returns every emitted event is acknowledged by Kafka or in the
+        (fsync-ed) spool, and the producer and spool are closed. Takes at most
+        about ``timeout`` plus two request timeouts when Kafka is unreachable.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        deadline = self._clock() + timeout
+        # The replay batch in flight is settled below, after the producer is down.
+        await self._cancel(self._recovery_task)
+        await asyncio.gather(*self._stopping, return_exceptions=True)
+        sender = self._sender_task
+        while (
+            (self._queue.qsize() or self._unsent)
+            and sender is not None
+            and not sender.done()
+            and self._clock() < deadline
+        ):
+            await asyncio.sleep(0.01)
+        await self._cancel(sender)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=max(0.0, deadline - self._clock()))
+        await self._discard_producer(max(0.5, deadline - self._clock()))
+        # Everything the producer held is now final: acknowledged, or never to be sent.
+        self._settle_replay()
+        for fut in list(self._inflight):
+            self._on_send_done(None, fut)
+        leftovers = list(self._unsent)
+        self._unsent.clear()
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        self._spool_write(leftovers)
+        EMIT_QUEUE_DEPTH.set(0)
+        self._spool.close()
+        self._closed = True
+        log.info(
+            "event emitter closed: %d emitted, %d sent, %d spooled, %d replayed, "
+            "%d left in the spool",
+            self._emitted,
+            self._sent,
+            self._spooled,
+            self._replayed,
+            self._spool.pending(),
+        )
+
+    @staticmethod
+    async def _cancel(task: asyncio.Task[None] | None) -> None:
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # -- producer ------------------------------------------------------------------
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._config.bootstrap_servers,
+            client_id=f"llmpulse-gateway-{self._config.instance_id}",
+            acks="all",
+            enable_idempotence=True,
+            request_timeout_ms=self._request_timeout_ms,
+            linger_ms=self._linger_ms,
+            max_batch_size=256 * 1024,
+        )
+
+    def _must_replace(self, producer: AIOKafkaProducer) -> bool:
+        if self._producer_faulty:
+            return True
+        if (
+            self._unacked_since is not None
+            and self._clock() - self._unacked_since >= self._abandon_after
+        ):
+            return True
+        # aiokafka has no public health flag; its sender task ends only on a fatal
+        # error, after which every send fails.
+        task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        return task is not None and task.done()
+
+    async def _ensure_producer(self) -> bool:
+        """A started producer that is not known to be stuck exists (else start one)."""
+        old = self._producer
+        if old is not None and not self._must_replace(old):
+            return True
+        if old is not None:
+            log.warning("replacing the Kafka producer; its unacknowledged events are spooled")
+            await self._discard_producer(1.0)
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), self._request_timeout_ms / 1000)
+        except BaseException as exc:
+            # Also on cancellation (close() during a probe): release the connections.
+            log.debug("Kafka not reachable yet (%s)", type(exc).__name__)
+            await self._stop_producer_instance(producer, 1.0)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        self._producer = producer
+        self._producer_faulty = False
+        self._unacked_since = None
+        return True
+
+    async def _discard_producer(self, flush_timeout: float) -> None:
+        """Stop the current producer; what it did not deliver is settled by callbacks."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        task = asyncio.create_task(self._stop_producer_instance(producer, flush_timeout))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        # Shielded: a cancelled caller must not leave a half-stopped producer that
+        # could still deliver what close() then spools; close() awaits the task.
+        await asyncio.shield(task)
+
+    async def _stop_producer_instance(
+        self, producer: AIOKafkaProducer, flush_timeout: float
+    ) -> None:
+        """Stop ``producer``; afterwards it can deliver nothing more.
+
+        ``stop()`` flushes, which with an idempotent producer and Kafka away waits
+        forever (in-flight batches are retried without expiry). Past the timeout
+        the sender is cancelled and the remaining batches failed, so that nothing
+        this emitter then spools can still be delivered by the old producer.
+        """
+        try:
+            await asyncio.wait_for(producer.stop(), flush_timeout)
+            return
+        except TimeoutError:
+            log.warning("Kafka producer did not flush in %.1fs; aborting it", flush_timeout)
+        except Exception as exc:
+            log.debug("Kafka producer stop failed (%r); aborting it", exc)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender.close(), 2 * self._request_timeout_ms / 1000)
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None:
+            # Batches that were sent and re-queued for a retry are no longer in the
+            # pending set that their completion callback removes them from; put them
+            # back so failing them does not raise KeyError inside aiokafka.
+            for queued in list(getattr(accumulator, "_batches", {}).values()):
+                accumulator._pending_batches.update(queued)
+            accumulator.fail_all(ProducerClosed())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.client.close(), 5.0)
+
+    # -- direct path -----------------------------------------------------------------
+
+    async def _sender_loop(self) -> None:
+        while True:
+            self._unsent.append(await self._queue.get())
+            while len(self._unsent) < self._send_batch_size and not self._queue.empty():
+                self._unsent.append(self._queue.get_nowait())
+            EMIT_QUEUE_DEPTH.set(self._queue.qsize())
+            try:
+                if self._spooling or self._producer is None:
+                    self._spool_unsent()
+                else:
+                    await self._send_batch(self._producer)
+            except Exception:
+                # The sender must outlive any surprise, or the queue would stall.
+                log.exception("event emitter sender failed; spooling the batch")
+                self._spool_unsent()
+
+    async def _send_batch(self, producer: AIOKafkaProducer) -> None:
+        """Send ``_unsent`` without waiting per event, then wait for the batch's acks."""
+        futures: list[asyncio.Future[Any]] = []
+        while self._unsent:
+            if self._spooling:
+                self._spool_unsent()
+                break
+            record = self._unsent[0]
+            try:
+                fut = await producer.send(record.topic, record.value, key=record.key)
+            except Exception as exc:
+                # No metadata or no buffer space within the request timeout, or a dead
+                # producer: Kafka is away, so the rest of the batch goes to the spool.
+                if producer is self._producer:
+                    self._producer_faulty = True
+                self._enter_spooling(f"send failed: {type(exc).__name__}")
+                self._spool_unsent()
+                break
+            self._unsent.popleft()
+            self._inflight[fut] = record
+            fut.add_done_callback(functools.partial(self._on_send_done, producer))
+            futures.append(fut)
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
+            if pending:
+                # Left with the producer: it keeps retrying them and the callback
+                # settles each one (acknowledged, or spooled on failure). Recovery
+                # replaces the producer if they stay unacknowledged too long.
+                if producer is self._producer and self._unacked_since is None:
+                    self._unacked_since = self._clock()
+                self._enter_spooling(f"{len(pending)} events unacknowledged after timeout")
+
+    def _on_send_done(self, producer: AIOKafkaProducer | None, fut: asyncio.Future[Any]) -> None:
+        """Settle one direct send: count it, or spool it if it was not acknowledged.
+
+        Runs as the future's callback, and from close() for sends still pending
+        after the producer was stopped (they can no longer be delivered).
+        """
+        record = self._inflight.pop(fut, None)
+        if record is None:
+            return  # already settled
+        current = producer is not None and producer is self._producer
+        if _acked(fut):
+            self._sent += 1
+            if current and not self._inflight:
+                self._unacked_since = None
+            return
+        self._spool_write([record])
+        if current:
+            self._producer_faulty = True
+        if fut.done() and not fut.cancelled():
+            self._enter_spooling(f"send failed: {type(fut.exception()).__name__}")
+
+    def _spool_unsent(self) -> None:
+        records = list(self._unsent)
+        self._unsent.clear()
+        self._spool_write(records)
+
+    def _spool_write(self, records: Sequence[SpoolRecord]) -> None:
+        if not records:
+            return
+        try:
+            self._spool.append(records)
+        except Exception:
+            self._dropped += len(records)
+            log.exception("could not write %d events to the spool: events lost", len(records))
+            return
+        self._spooled += len(records)
+        for topic, count in _by_topic(records).items():
+            EVENTS_SPOOLED.labels(topic=self._label(topic)).inc(count)
+        # Also a full queue spills here while Kafka is fine: replay it soon.
+        self._kick_recovery()
+
+    def _label(self, topic: str) -> str:
+        # The registry name, as at every other hop: prefixes would make labels unbounded.
+        prefix = self._config.topic_prefix
+        return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
+
+    def _enter_spooling(self, reason: str) -> None:
+        if not self._spooling:
+            self._spooling = True
+            self._spooling_since = self._clock()
+            log.warning("event emitter spooling to %s: %s", self._spool.directory, reason)
+        self._kick_recovery()
+
+    def _kick_recovery(self) -> None:
+        """Run the recovery loop if it is not running (it ends once the spool is empty)."""
+        if self._closing or not self._started:
+            return
+        if self._recovery_task is None or self._recovery_task.done():
+            self._recovery_task = asyncio.get_running_loop().create_task(
+                self._recovery_loop(), name="emitter-recovery"
+            )
+
+    # -- recovery and replay -----------------------------------------------------------
+
+    async def _recovery_loop(self) -> None:
+        """Replay the spool until it is empty; in spooling mode, then return to normal.
+
+        Also the outage probe: each round needs a started producer and a replay
+        batch acknowledged by Kafka; a failed round is retried after
+        ``probe_interval``.
+        """
+        while True:
+            drained = False
+            try:
+                drained = await self._ensure_producer() and await self._replay_spool()
+                if drained and self._spooling and self._inflight:
+                    # Unacknowledged direct sends are still with the producer; normal
+                    # mode resumes once they are settled (acknowledged or spooled).
+                    await asyncio.wait(list(self._inflight), timeout=self._probe_interval)
+                    continue
+                if drained and self._spool.pending() == 0:
+                    # No await between this check and the return: anything spooled
+                    # later starts a new loop (see _spool_write), nothing is stranded.
+                    if self._spooling:
+                        self._spooling = False
+                        self._spooling_since = None
+                        log.warning("event emitter: Kafka acknowledges again, spool replayed")
+                    return
+            except Exception:
+                log.exception("event emitter recovery failed; retrying")
+                drained = False
+            await asyncio.sleep(0 if drained else self._probe_interval)
+
+    async def _replay_spool(self) -> bool:
+        """Replay every closed segment oldest first; True when all were acknowledged."""
+        self._spool.seal()
+        for segment in self._spool.segments():
+            try:
+                read = await asyncio.to_thread(read_segment, segment, self._spool.cursor(segment))
+            except FileNotFoundError:
+                log.warning("spool segment %s disappeared; skipping it", segment.name)
+                self._spool.remove(segment)
+                continue
+            self._spool.forget(segment, read.skipped)
+            step = self._replay_batch_size
+            for i in range(0, len(read.records), step):
+                records = read.records[i : i + step]
+                batch = _ReplayBatch(segment, read.ends[i + len(records) - 1], records)
+                if not await self._replay_batch(batch):
+                    return False
+            self._spool.remove(segment)
+        return True
+
+    async def _replay_batch(self, batch: _ReplayBatch) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        self._replay = batch
+        for record in batch.records:
+            try:
+                batch.futures.append(
+                    await producer.send(record.topic, record.value, key=record.key)
+                )
+            except Exception as exc:
+                log.debug("spool replay: Kafka still unavailable (%s)", type(exc).__name__)
+                if producer is self._producer:
+                    self._producer_faulty = True
+                break
+        if batch.futures:
+            # These sends belong to the producer until they resolve (it retries while
+            # Kafka is away), so this wait is the probe. Past abandon_after the
+            # producer is stopped, which settles them; close() cancels this wait and
+            # settles the batch after stopping the producer itself.
+            _, pending = await asyncio.wait(batch.futures, timeout=self._abandon_after)
+            if pending and producer is self._producer:
+                self._enter_spooling(f"{len(pending)} replayed events unacknowledged")
+                await self._discard_producer(1.0)
+        if producer is self._producer and any(
+            f.done() and not f.cancelled() and f.exception() is not None for f in batch.futures
+        ):
+            self._producer_faulty = True
+        return self._settle_replay()
+
+    def _settle_replay(self) -> bool:
+        """Account for the replay batch once its sends are final; True if all acked."""
+        batch, self._replay = self._replay, None
+        if batch is None:
+            return True
+        acked = [r for r, f in zip(batch.records, batch.futures, strict=False) if _acked(f)]
+        for topic, count in _by_topic(acked).items():
+            EVENTS_REPLAYED.labels(topic=self._label(topic)).inc(count)
+        self._replayed += len(acked)
+        if len(acked) == len(batch.records):
+            self._spool.advance(batch.segment, batch.end, len(acked))
+            return True
+        if acked:
+            # Some were acknowledged: move the rest to a new segment and advance past
+            # the whole batch, so the acknowledged ones are never sent again.
+            # Records after a failed send() have no future: they were never sent.
+            unacked = [
+                r
+                for i, r in enumerate(batch.records)
+                if i >= len(batch.futures) or not _acked(batch.futures[i])
+            ]
+            self._spool_write(unacked)
+            self._spool.advance(batch.segment, batch.end, len(batch.records))
+        # Nothing acknowledged: the cursor stays and the batch is tried again.
+        return False
+
+
+def _by_topic(records: Iterable[SpoolRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.topic] = counts.get(r.topic, 0) + 1
+    return counts
