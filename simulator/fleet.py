@@ -128,7 +128,8 @@ class FleetReport:
             f"requests {self.requests}: {self.succeeded} succeeded ({self.success_rate:.4%}), "
             f"{self.rejected} rejected by the provider (returned, not retried), "
             f"{self.failed} failed",
-            f"failovers {self.failovers}; added latency p50/p95/p99 {latency} ms",
+            f"served by a fallback provider {self.failovers}; "
+            f"added latency p50/p95/p99 {latency} ms",
             f"attempts per provider {dict(self.attempts)}; probes {dict(self.probes) or 'none'}",
             f"calls received by the providers {calls}",
             f"events emitted {self.emitted}, spooled {self.spooled}, replayed {self.replayed}",
