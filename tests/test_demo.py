@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -32,7 +33,8 @@ def test_demo_runs_and_reports(services: Settings, tmp_path: Path) -> None:
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "closed -> open" in out  # the outage opened the breaker
     assert "Outage ledger" in out
-    assert "Availability:" in out
+    assert "Fleet (gateway) report" in out
+    assert re.search(r"requests \d+: \d+ succeeded .* 0 failed", out), out[-3000:]
     assert "TOTAL" in out
     csv_path = next((tmp_path / "state" / "reports").glob("cost-allocation-*.csv"))
     *lines, total = list(csv.DictReader(csv_path.open()))
