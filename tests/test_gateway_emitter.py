@@ -26,7 +26,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from gateway.config import GatewayConfig
-from gateway.emitter import EventEmitter, Spool, SpoolLocked, SpoolRecord, read_segment
+from gateway.emitter import EventEmitter
+from gateway.spool import Spool, SpoolLocked, SpoolRecord, read_segment
 from processors import kafka, stack
 from processors.codec import encode
 from processors.settings import Settings

@@ -1,0 +1,328 @@
+"""The emitter's disk spool: append-only JSON-lines segments with acknowledged cursors.
+
+Events Kafka could not take are appended here (one JSON object per line:
+topic, key, value, event_id) and replayed later. A segment's ``.acked`` cursor
+records how far replay got, so a restart continues after what Kafka already
+acknowledged; a partially written last line (a crash mid-write) is skipped.
+One process owns a spool directory at a time (``flock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, NamedTuple
+
+__all__ = ["SegmentRead", "Spool", "SpoolLocked", "SpoolRecord", "read_segment"]
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_SUFFIX = ".jsonl"
+_CURSOR_SUFFIX = ".acked"
+_LOCK_NAME = ".lock"
+
+
+class SpoolRecord(NamedTuple):
+    """One event ready for Kafka: qualified topic, key and value bytes, event id."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str
+
+    def to_line(self) -> bytes:
+        """The spool line: ``{"topic","key","value","event_id"}`` JSON and a newline."""
+        doc = {
+            "topic": self.topic,
+            "key": self.key.decode("utf-8"),
+            "value": self.value.decode("utf-8"),
+            "event_id": self.event_id,
+        }
+        # json.dumps escapes every newline inside strings, so one record is one line.
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> SpoolRecord | None:
+        """The record on ``line``, or None when the line is not a valid spool record."""
+        try:
+            doc = json.loads(line)
+        except ValueError:  # includes UnicodeDecodeError
+            return None
+        if not isinstance(doc, dict):
+            return None
+        topic, key, value, event_id = (doc.get(k) for k in ("topic", "key", "value", "event_id"))
+        if not all(isinstance(v, str) and v for v in (topic, value, event_id)):
+            return None
+        if not isinstance(key, str):
+            return None
+        return cls(str(topic), key.encode("utf-8"), str(value).encode("utf-8"), str(event_id))
+
+
+# --------------------------------------------------------------------------- spool
+
+
+class SpoolLocked(RuntimeError):
+    """Another spool (this or another process) already owns the directory."""
+
+
+@dataclass(frozen=True)
+class SegmentRead:
+    """The records of one spool segment from a byte offset on.
+
+    ``ends[i]`` is the byte offset just after ``records[i]``'s line, so a replay
+    can advance the segment's cursor to exactly what was acknowledged. ``end``
+    is the offset after the last complete line. ``skipped`` counts complete
+    lines that were not valid records; ``truncated`` says the file ends with a
+    partial line (a crash in the middle of a write), which is not a record.
+    """
+
+    records: list[SpoolRecord]
+    ends: list[int]
+    end: int
+    skipped: int = 0
+    truncated: bool = False
+
+
+def read_segment(path: Path, offset: int = 0) -> SegmentRead:
+    """Read the records of the segment ``path`` from byte ``offset`` (no side effects).
+
+    Never raises for bad content: invalid lines are skipped and a partial last
+    line is ignored, each with a warning naming the segment and byte offset
+    (never the content). Safe to call from a worker thread.
+    """
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    records: list[SpoolRecord] = []
+    ends: list[int] = []
+    skipped = 0
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        record = SpoolRecord.from_line(data[pos:nl])
+        if record is None:
+            skipped += 1
+            log.warning("spool %s: skipping invalid line at byte %d", path.name, offset + pos)
+        else:
+            records.append(record)
+            ends.append(offset + nl + 1)
+        pos = nl + 1
+    truncated = pos < len(data)
+    if truncated:
+        log.warning(
+            "spool %s: skipping a partially written last line at byte %d (%d bytes)",
+            path.name,
+            offset + pos,
+            len(data) - pos,
+        )
+    return SegmentRead(records, ends, offset + pos, skipped, truncated)
+
+
+def _count_lines(path: Path, offset: int) -> int:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().count(b"\n")
+
+
+@dataclass
+class _Active:
+    path: Path
+    fh: IO[bytes]
+    size: int = 0
+    lines: int = 0
+
+
+class Spool:
+    """Append-only JSON-lines segments in one directory, owned by one process.
+
+    Segments are named ``<sequence>.jsonl`` and replayed in sequence order. A
+    segment is written only by the spool that created it and is rotated after
+    ``max_segment_bytes`` or ``max_segment_records``; every :meth:`append` is
+    flushed to the operating system, and a segment is ``fsync``-ed when it is
+    closed (rotation, :meth:`seal`, :meth:`close`). Segments found at start-up
+    (from an earlier process) are never appended to. Replay progress is a byte
+    offset per segment in ``<sequence>.acked``, replaced atomically and synced,
+    so an acknowledged prefix is not replayed again after a restart.
+
+    The directory is locked (``flock``) for the spool's lifetime: a second spool
+    on it raises :class:`SpoolLocked` instead of replaying the same events twice.
+    Not thread-safe; use it from one thread (the emitter's event loop).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_segment_bytes: int = 4 * 1024 * 1024,
+        max_segment_records: int = 10_000,
+    ) -> None:
+        self.directory = Path(directory)
+        self._max_bytes = max_segment_bytes
+        self._max_records = max_segment_records
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock: IO[bytes] | None = (self.directory / _LOCK_NAME).open("ab")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise SpoolLocked(
+                f"spool directory {self.directory} is in use by another emitter"
+            ) from None
+        self._active: _Active | None = None
+        # Lines not yet acknowledged per segment (complete lines after the cursor).
+        self._counts: dict[Path, int] = {}
+        self._next_seq = 1
+        self._scan()
+
+    def _scan(self) -> None:
+        for leftover in self.directory.glob(f"*{_CURSOR_SUFFIX}.tmp"):
+            leftover.unlink(missing_ok=True)
+        for path in sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}")):
+            if not path.stem.isdigit():
+                log.warning("spool %s: ignoring unexpected file %s", self.directory, path.name)
+                continue
+            self._next_seq = max(self._next_seq, int(path.stem) + 1)
+            self._counts[path] = _count_lines(path, self.cursor(path))
+        for cursor in self.directory.glob(f"*{_CURSOR_SUFFIX}"):
+            # A crash between removing a segment and its cursor leaves the cursor.
+            if not cursor.with_suffix(_SEGMENT_SUFFIX).exists():
+                cursor.unlink(missing_ok=True)
+
+    # -- writing ---------------------------------------------------------------
+
+    def append(self, records: Sequence[SpoolRecord]) -> None:
+        """Append ``records`` to the current segment and flush them to the OS.
+
+        Raises ``OSError`` when the disk refuses the write; the records that did
+        make it to disk stay in the spool, and the segment is closed so a later
+        append never continues a partial line.
+        """
+        if self._lock is None:
+            raise RuntimeError("spool is closed")
+        if not records:
+            return
+        lines = [r.to_line() for r in records]
+        i = 0
+        while i < len(lines):
+            active = self._active or self._open_segment()
+            # As many lines as the segment's record and byte limits allow (at least one).
+            chunk: list[bytes] = []
+            size = active.size
+            for line in lines[i : i + self._max_records - active.lines]:
+                if (chunk or active.lines) and size + len(line) > self._max_bytes:
+                    break
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                self._write(active, chunk)
+                i += len(chunk)
+            if not chunk or active.size >= self._max_bytes or active.lines >= self._max_records:
+                self.seal()
+
+    def _write(self, active: _Active, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        try:
+            active.fh.write(data)
+            active.fh.flush()
+        except OSError:
+            # Never write after a failed write (the next line would continue a partial
+            # one): drop this segment as it is; lines that reached the disk still count.
+            self._active = None
+            with contextlib.suppress(OSError):
+                active.fh.close()
+            with contextlib.suppress(OSError):
+                written = _count_lines(active.path, 0) - active.lines
+                self._counts[active.path] += max(0, written)
+            raise
+        active.size += len(data)
+        active.lines += len(lines)
+        self._counts[active.path] += len(lines)
+
+    def _open_segment(self) -> _Active:
+        path = self.directory / f"{self._next_seq:012d}{_SEGMENT_SUFFIX}"
+        self._next_seq += 1
+        # "xb": a segment name is never reused, even if an old file were left over.
+        self._active = _Active(path, path.open("xb"))
+        self._counts[path] = 0
+        return self._active
+
+    def _close_active(self, *, sync: bool) -> None:
+        active, self._active = self._active, None
+        if active is None:
+            return
+        try:
+            active.fh.flush()
+            if sync:
+                os.fsync(active.fh.fileno())
+        finally:
+            active.fh.close()
+        if not active.lines and not self._counts.get(active.path):
+            active.path.unlink(missing_ok=True)
+            self._counts.pop(active.path, None)
+
+    def seal(self) -> None:
+        """Close (and fsync) the current segment so it can be replayed."""
+        self._close_active(sync=True)
+
+    # -- replay bookkeeping ------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        """Closed segments that still hold records, oldest first."""
+        active = self._active.path if self._active is not None else None
+        return sorted(p for p in self._counts if p != active)
+
+    def cursor(self, segment: Path) -> int:
+        """Byte offset up to which ``segment`` has been acknowledged (0 if none)."""
+        try:
+            return int(segment.with_suffix(_CURSOR_SUFFIX).read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("spool %s: unreadable cursor, replaying from the start", segment.name)
+            return 0
+
+    def advance(self, segment: Path, offset: int, records: int) -> None:
+        """Record that ``segment`` is acknowledged up to ``offset`` (``records`` lines)."""
+        path = segment.with_suffix(_CURSOR_SUFFIX)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w") as fh:
+            fh.write(str(offset))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.forget(segment, records)
+
+    def forget(self, segment: Path, lines: int) -> None:
+        """Stop counting ``lines`` lines of ``segment`` as pending (skipped, invalid)."""
+        if segment in self._counts:
+            self._counts[segment] = max(0, self._counts[segment] - lines)
+
+    def remove(self, segment: Path) -> None:
+        """Delete a fully replayed segment and its cursor."""
+        segment.unlink(missing_ok=True)
+        segment.with_suffix(_CURSOR_SUFFIX).unlink(missing_ok=True)
+        self._counts.pop(segment, None)
+
+    def pending(self) -> int:
+        """Records in the spool not yet acknowledged by Kafka."""
+        return sum(self._counts.values())
+
+    def close(self) -> None:
+        """Seal the current segment (fsync) and release the directory lock."""
+        if self._lock is None:
+            return
+        try:
+            self.seal()
+        finally:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
