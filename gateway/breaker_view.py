@@ -111,6 +111,7 @@ class BreakerView:
         self._acquire = redis.register_script(serving.ACQUIRE_PERMIT)
         self._release = redis.register_script(serving.RELEASE_PERMIT)
         self._redis_down_logged = False
+        self._counters: dict[tuple[str, Source], Any] = {}
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,13 +140,13 @@ class BreakerView:
         )
         if fresh:
             state = snap.state if snap else BreakerState.closed
-            metrics.BREAKER_VIEW_SOURCE.labels(provider=provider, source="shared").inc()
+            self._count(provider, Source.shared)
             if state is BreakerState.half_open and snap is not None:
                 return Route(
                     provider, state, Source.shared, True, True, snap.version, snap.probe_permits
                 )
             return Route(provider, state, Source.shared, state not in _BLOCKING)
-        metrics.BREAKER_VIEW_SOURCE.labels(provider=provider, source="local").inc()
+        self._count(provider, Source.local)
         core = self._local_core(provider)
         core.tick(self._wall())
         if core.state is BreakerState.half_open:
@@ -260,6 +261,14 @@ class BreakerView:
         except ValidationError as exc:
             log.warning("breaker view: invalid snapshot ignored: %s", exc)
             return None
+
+    def _count(self, provider: str, source: Source) -> None:
+        # Labelled children cached: ``labels()`` costs more than the decision itself.
+        child = self._counters.get((provider, source))
+        if child is None:
+            child = metrics.BREAKER_VIEW_SOURCE.labels(provider=provider, source=source.value)
+            self._counters[(provider, source)] = child
+        child.inc()
 
     def _local_core(self, provider: str) -> BreakerCore:
         core = self._local.get(provider)
