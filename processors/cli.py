@@ -351,13 +351,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- simulate --------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulator.providers import FaultKind
-    from simulator.run import ScenarioError, default_scenario, parse_fault, simulate
+    from simulator.run import (
+        ScenarioError,
+        default_scenario,
+        parse_error_rate,
+        parse_fault,
+        simulate,
+    )
 
     settings = _settings()
     try:
         faults = [parse_fault(f, FaultKind.outage) for f in args.outage or ()]
         faults += [parse_fault(f, FaultKind.rate_limit) for f in args.rate_limit or ()]
-        error_rates = dict(_provider_rate(text) for text in args.error_rate or ())
+        error_rates = dict(parse_error_rate(text) for text in args.error_rate or ())
         scenario = default_scenario(
             instances=args.instances,
             seconds=args.seconds,
@@ -371,19 +377,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     report = asyncio.run(simulate(settings, scenario, breaker_worker=args.breaker_worker))
     return EXIT_OK if report.failed == 0 else EXIT_FAILURE
-
-
-def _provider_rate(text: str) -> tuple[str, float]:
-    provider, _, rate = text.partition(":")
-    try:
-        value = float(rate)
-    except ValueError:
-        raise UsageError(
-            f"--error-rate {text!r}: expected PROVIDER:RATE, e.g. openai:0.05"
-        ) from None
-    if not 0 <= value <= 1:
-        raise UsageError(f"--error-rate {text!r}: RATE must be between 0 and 1")
-    return provider, value
 
 
 class _Parser(argparse.ArgumentParser):

@@ -56,6 +56,24 @@ def parse_fault(text: str, kind: FaultKind) -> tuple[str, Fault]:
     return provider, Fault(kind, float(start), float(end), float(retry or 2.0))
 
 
+def parse_error_rate(text: str) -> tuple[str, float]:
+    """``PROVIDER:RATE`` (share of calls answered with a 500, 0 to 1)."""
+    provider, _, rate = text.partition(":")
+    if provider not in PROVIDERS:
+        raise ScenarioError(
+            f"error rate {text!r}: unknown provider (one of {', '.join(PROVIDERS)})"
+        )
+    try:
+        value = float(rate)
+    except ValueError:
+        raise ScenarioError(
+            f"error rate {text!r}: expected PROVIDER:RATE, e.g. openai:0.05"
+        ) from None
+    if not 0 <= value <= 1:
+        raise ScenarioError(f"error rate {text!r}: RATE must be between 0 and 1")
+    return provider, value
+
+
 @dataclass(frozen=True)
 class ProviderOptions:
     """Per-provider knobs from the command line."""
@@ -184,6 +202,7 @@ __all__ = [
     "ScenarioError",
     "default_scenario",
     "gateway_config",
+    "parse_error_rate",
     "parse_fault",
     "render",
     "simulate",

@@ -36,6 +36,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ["worker"],
         ["report"],
         ["pricing"],
+        ["simulate"],
     ],
 )
 def test_help_exits_zero(args: list[str]) -> None:
@@ -83,6 +84,12 @@ def test_help_exits_zero(args: list[str]) -> None:
         (["pricing", "load", "missing.yaml"], "cannot read"),
         (["bogus"], "invalid choice"),
         (["demo", "--rate", "0"], "must be greater than 0"),
+        (["simulate", "--instances", "0"], "must be greater than 0"),
+        (["simulate", "--outage", "openai"], "expected PROVIDER:START-END"),
+        (["simulate", "--outage", "openai:40-10"], "END must be after START"),
+        (["simulate", "--rate-limit", "mistral:1-5"], "unknown provider"),
+        (["simulate", "--error-rate", "openai:1.5"], "RATE must be between 0 and 1"),
+        (["simulate", "--error-rate", "openai:lots"], "expected PROVIDER:RATE"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -14,6 +14,9 @@ Scenarios (bounded, loopback only):
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -206,3 +209,34 @@ async def test_kafka_outage_loses_and_duplicates_no_event(
     assert [k for k, n in ids.items() if n > 1] == []
     attempts = sum(report.attempts.values())
     assert report.emitted >= 2 * attempts  # a request and an outcome per attempt
+
+
+def test_simulate_command_runs_on_the_stack(settings: Settings, tmp_path: Path) -> None:
+    """``llmpulse simulate`` end to end: its own breaker worker, report on stdout, exit 0."""
+    env = settings.child_env(LLMPULSE_STATE_DIR=str(tmp_path / "state"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "processors.cli",
+            "simulate",
+            "--instances",
+            "2",
+            "--seconds",
+            "8",
+            "--rate",
+            "20",
+            "--outage",
+            "openai:1-6",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "starting the breaker worker" in out
+    assert re.search(r"requests \d+: \d+ succeeded \(100\.0000%\)", out), out[-2000:]
+    assert re.search(r"openai\s+v\d+\s+open", out), out[-2000:]  # the timeline shows the opening
