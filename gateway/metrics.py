@@ -5,12 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 EVENTS_SPOOLED = Counter(
-    "llmpulse_gateway_events_spooled_total",
+    "llmpulse_gateway_spooled_events_total",
     "Events written to the local disk spool because Kafka could not take them.",
     ["topic"],
 )
 EVENTS_REPLAYED = Counter(
-    "llmpulse_gateway_events_replayed_total",
+    "llmpulse_gateway_replayed_events_total",
     "Spooled events acknowledged by Kafka after replay.",
     ["topic"],
 )

@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+import gateway.metrics  # noqa: F401  (registers the gateway's metrics)
+import processors.metrics  # noqa: F401  (registers the processors' metrics)
 from processors.cli import worker_flows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +67,10 @@ ALLOWED_METRICS: frozenset[str] = (
             "llmpulse_sink_retries_total",
             "llmpulse_gateway_spooled_events_total",
             "llmpulse_gateway_replayed_events_total",
+            "llmpulse_gateway_emit_queue_depth",
+            "llmpulse_gateway_attempts_total",
+            "llmpulse_gateway_failovers_total",
+            "llmpulse_gateway_breaker_decisions_total",
             "up",  # Prometheus' own scrape health, for the WorkerDown alert
         }
     )
@@ -442,3 +449,14 @@ def test_compose_named_volumes_declared() -> None:
                 assert source in declared, f"{name} uses undeclared volume {source!r}"
             else:
                 assert (ROOT / source).exists(), f"{name} mounts missing path {source!r}"
+
+
+def test_every_llmpulse_metric_queried_is_defined_in_code() -> None:
+    """Dashboards and alerts only query metrics that processors or the gateway export."""
+    defined: set[str] = set()
+    for family in REGISTRY.collect():
+        defined.add(family.name)
+        if family.type == "counter":
+            defined.add(f"{family.name}_total")
+    queried = {m for m in ALLOWED_METRICS if m.startswith("llmpulse_")}
+    assert queried - defined == set()
