@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import FutureMessage
 
 from processors import kafka
 from processors.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Changelog-backed tables of the Faust apps: (app name, table name, partitions).
 #: ``llmpulse topics create`` creates their changelog topics up front: a topic
@@ -33,27 +38,56 @@ def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
     return [(f"{app_id(settings, app)}-{table}-changelog", n) for app, table, n in TABLES]
 
 
+class AckTrackingProducer(faust_aiokafka.Producer):
+    """Faust's producer, remembering every buffered message until Kafka acknowledged it.
+
+    Table changelog writes go through ``send_soon`` (a buffer); the returned
+    ``FutureMessage`` resolves on the broker's acknowledgement (or fails).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unacknowledged: set[FutureMessage] = set()
+
+    def send_soon(self, fut: FutureMessage) -> None:
+        self.unacknowledged.add(fut)
+        fut.add_done_callback(self.unacknowledged.discard)
+        super().send_soon(fut)
+
+
 class ChangelogFirstConsumer(faust_aiokafka.Consumer):
     """Commits source offsets only after the table changelog writes before them.
 
-    Faust sends table changelog writes with ``send_soon`` (buffered) and commits
-    source offsets on a timer without waiting for that buffer. A worker killed
-    between the two restarts from a committed offset whose table updates never
-    reached the changelog: those events are lost from the restored state. Flushing
-    the producer (``acks=all``) first keeps the changelog at or ahead of every
-    committed offset; events replayed past it are skipped by the tables' own
-    per-partition offset bookkeeping.
+    Faust commits source offsets on a timer after a best-effort producer flush
+    (its buffer flush gives up after 0.1 s without progress and does not see a
+    send that is waiting for metadata). A worker killed after such a commit
+    restarts from an offset whose table updates never reached the changelog:
+    those events are lost from the restored state. Here every changelog write
+    buffered before the commit must be acknowledged (``acks=all``) first, so the
+    changelog is always at or ahead of the committed offsets; replays past it are
+    skipped by the tables' own per-partition offset bookkeeping. A write that
+    failed stops the worker (fatal): committing past it would lose it for good,
+    and a restart replays from the last safe offset.
     """
 
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
-        await self.app.producer.flush()
+        producer = self.app.producer
+        pending = list(getattr(producer, "unacknowledged", ()))
+        if pending:
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                log.error("a changelog write failed; stopping before committing past it")
+                await self.crash(failed)
+                return False
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
 
 class ChangelogFirstTransport(faust_aiokafka.Transport):
     Consumer = ChangelogFirstConsumer
+    Producer = AckTrackingProducer
 
 
 def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:

@@ -1,11 +1,23 @@
-"""The changelog topics that ``topics create`` makes match the Faust apps' tables."""
+"""Faust tables: changelog topics made up front; offsets committed only behind the changelog."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from processors.breaker_agent import BreakerService
-from processors.faust_app import changelog_topics
+from processors.faust_app import (
+    AckTrackingProducer,
+    ChangelogFirstConsumer,
+    changelog_topics,
+    create_app,
+)
 from processors.prompts_agent import PromptsService
 from processors.settings import Settings
 
@@ -22,3 +34,55 @@ def test_every_table_changelog_is_created_up_front(tmp_path: Path) -> None:
         for table in service.app.tables.values():
             actual.add((table.changelog_topic.get_topic_name(), table.partitions))
     assert actual == set(changelog_topics(settings))
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.unacknowledged: set[asyncio.Future[object]] = set()
+
+
+async def test_offsets_are_committed_only_after_the_changelog_writes_before_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    committed: list[dict[Any, int]] = []
+    crashed: list[BaseException] = []
+
+    async def base_commit(self: Any, offsets: dict[Any, int], **kw: Any) -> bool:
+        committed.append(dict(offsets))
+        return True
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_commit_offsets", base_commit)
+    consumer = ChangelogFirstConsumer.__new__(ChangelogFirstConsumer)
+    producer = _FakeProducer()
+    consumer.__dict__.update(app=SimpleNamespace(producer=producer), crash=crash)
+
+    loop = asyncio.get_running_loop()
+    write = loop.create_future()
+    producer.unacknowledged.add(write)
+    commit = asyncio.create_task(consumer._commit_offsets({TP("t", 0): 10}))
+    await asyncio.sleep(0.05)
+    assert committed == []  # the changelog write is not acknowledged yet
+    write.set_result("metadata")
+    assert await commit is True
+    assert committed == [{TP("t", 0): 10}]
+
+    failed = loop.create_future()
+    failed.set_exception(RuntimeError("not enough replicas"))
+    producer.unacknowledged = {failed}
+    assert await consumer._commit_offsets({TP("t", 0): 20}) is False
+    assert committed == [{TP("t", 0): 10}]  # never past a lost write
+    assert [str(e) for e in crashed] == ["not enough replicas"]
+
+
+def test_faust_apps_use_the_changelog_first_transport(tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        kafka_bootstrap="127.0.0.1:1",
+        redis_url="redis://127.0.0.1:1/0",
+    )
+    app = create_app(settings, "prompts")
+    assert isinstance(app.producer, AckTrackingProducer)
+    assert type(app.transport).Consumer is ChangelogFirstConsumer
