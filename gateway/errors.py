@@ -72,8 +72,10 @@ def parse_retry_after(value: str | float | None, now: datetime) -> float | None:
 
     Accepts seconds as a number, a delta-seconds string, or an HTTP-date (a date
     in the past gives 0.0; a date without zone and a naive ``now`` are taken as
-    UTC). Missing, negative-delta, non-finite or unparseable values give None;
-    this function never raises.
+    UTC). A negative number gives 0.0; missing, negative-delta strings,
+    non-finite or unparseable values give None; this function never raises.
+    Callers bound the result (``ProviderOrchestrator`` caps it at
+    ``max_retry_after_seconds``).
     """
     if value is None or isinstance(value, bool):
         return None

@@ -20,9 +20,12 @@ Per request:
    after an exponential backoff with full jitter, until ``max_rounds`` or the
    overall deadline: then ``AllProvidersFailed``.
 
-Cancellation-safe: a cancelled request gives back a probe permit it holds (the
-probe never completed), and emits no outcome for the cancelled attempt (the
-caller's cancellation says nothing about the provider).
+Every attempt gets an outcome. An attempt the caller ended (its task was
+cancelled, or its overall deadline cut the attempt's timeout short) has status
+``cancelled``, which the breakers ignore: a caller's impatience says nothing
+about the provider. Cancellation-safe: a cancelled request gives back a probe
+permit it holds (the probe never completed). No attempt starts with less than
+``MIN_ATTEMPT_SECONDS`` of the deadline left.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ from schemas.events import (
     LLMRequest,
     Operation,
     OutcomeStatus,
+)
+
+#: An attempt is not started with less than this left of the request's deadline.
+MIN_ATTEMPT_SECONDS = 0.01
+#: The outcome of an attempt the caller ended (cancellation or its deadline).
+CANCELLED = ErrorDecision(
+    status=OutcomeStatus.cancelled,
+    error_class=ErrorClass.cancelled,
+    http_status=None,
+    retryable=False,
+    retry_after_s=None,
 )
 
 
@@ -178,6 +192,7 @@ class ProviderOrchestrator:
         backoff: Backoff | None = None,
         max_rounds: int = 3,
         deadline_seconds: float = 60.0,
+        max_retry_after_seconds: float = 600.0,
         rng: random.Random | None = None,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         mono: Callable[[], float] = time.monotonic,
@@ -194,6 +209,9 @@ class ProviderOrchestrator:
         self.backoff = backoff or Backoff()
         self.max_rounds = max_rounds
         self.deadline_seconds = deadline_seconds
+        # A provider's Retry-After is honoured up to this bound (a bogus "one day"
+        # must not take a provider out of this instance's rotation for a day).
+        self.max_retry_after_seconds = max_retry_after_seconds
         self._rng = rng or random.Random()
         self._wall = wall
         self._mono = mono
@@ -267,6 +285,12 @@ class ProviderOrchestrator:
     async def _call(self, provider: Provider, route: Route, req: _Request) -> Completion | None:
         call, number = req.call, len(req.attempts) + 1
         model = provider.model_for(call.operation)
+        holder = str(req.request_id)
+        budget = req.deadline - self._mono()
+        if budget < MIN_ATTEMPT_SECONDS:  # no time to try: leave the provider alone
+            if route.probe:
+                await asyncio.shield(self.view.release_permit(route, holder))
+            return None
         self.emitter.emit(
             LLMRequest(
                 event_id=uuid.uuid4(),
@@ -283,33 +307,47 @@ class ProviderOrchestrator:
                 attempt=number,
             )
         )
-        timeout = min(provider.timeout_seconds, req.deadline - self._mono())
+        cut_by_deadline = budget < provider.timeout_seconds
         began = self._mono()
         try:
-            completion = await asyncio.wait_for(provider.call(call, model), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that arrives as the call completes.
+            async with asyncio.timeout(min(provider.timeout_seconds, budget)):
+                completion = await provider.call(call, model)
         except asyncio.CancelledError:
+            self._finish(provider, route, req, self._since(began), None, CANCELLED)
             if route.probe:
-                await asyncio.shield(self.view.release_permit(route, str(req.request_id)))
+                await asyncio.shield(self.view.release_permit(route, holder))
             raise
         except Exception as exc:
-            latency = (self._mono() - began) * 1000
+            latency = self._since(began)
             decision = classify_error(exc, self._wall())
-            if decision is None:
+            if (
+                decision is not None
+                and decision.status is OutcomeStatus.timeout
+                and cut_by_deadline
+            ):
+                decision = CANCELLED  # the caller's deadline, not the provider, ended it
+            if decision is None or decision is CANCELLED or not decision.retryable:
+                # Not the provider's fault: the next caller may probe at once.
+                self._finish(provider, route, req, latency, None, decision or CANCELLED)
                 if route.probe:
-                    await self.view.release_permit(route, str(req.request_id))
-                raise
-            self._finish(provider, route, req, latency, None, decision)
-            if route.probe and not decision.retryable:
-                # The request's own fault says nothing about the provider: the next
-                # caller may probe at once instead of waiting for the permit to expire.
-                await self.view.release_permit(route, str(req.request_id))
-            if decision.retry_after_s:
-                self._not_before[provider.name] = self._mono() + decision.retry_after_s
-            if not decision.retryable:
+                    await asyncio.shield(self.view.release_permit(route, holder))
+                if decision is None:
+                    raise  # a bug in the call function, not a provider answer
+                if decision is CANCELLED:
+                    return None  # the loop reports the passed deadline
                 raise RequestRejected(provider.name, decision, req.attempts) from exc
+            self._finish(provider, route, req, latency, None, decision)
+            if decision.retry_after_s:
+                wait = min(decision.retry_after_s, self.max_retry_after_seconds)
+                self._not_before[provider.name] = self._mono() + wait
             return None
-        self._finish(provider, route, req, (self._mono() - began) * 1000, completion, None)
+        self._finish(provider, route, req, self._since(began), completion, None)
         return completion
+
+    def _since(self, began: float) -> float:
+        return (self._mono() - began) * 1000
 
     def _finish(
         self,

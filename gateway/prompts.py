@@ -185,10 +185,10 @@ class PromptSelector:
     An empty view (the registry says no version is active) replaces the cache.
 
     The Redis client's own timeouts and retries bound how long a refresh can
-    block ``select``: give it short timeouts (``GatewayConfig.redis_timeout_seconds``)
-    and few retries (redis-py's default is 10 retries with backoff). Concurrent
-    callers share one refresh per prompt; those with a cached view do not wait
-    for it.
+    block ``select``: give it short timeouts (``gateway.config.redis_client``).
+    Concurrent callers share one refresh per prompt: the caller that starts it
+    waits for it (at most the client's timeouts, once per ``refresh_seconds``
+    and prompt); others with a cached view are served from it meanwhile.
     """
 
     def __init__(

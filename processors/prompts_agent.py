@@ -204,6 +204,8 @@ class PromptsService:
     def _on_outcome(self, table: Any, o: LLMOutcome, partition: int, offset: int) -> None:
         if o.prompt_name is None or o.prompt_version is None:
             return
+        if o.status is OutcomeStatus.cancelled:
+            return  # the caller gave up: not an execution result of the prompt version
 
         def add(p: Partial) -> None:
             p.add_outcome(

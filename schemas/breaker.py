@@ -15,8 +15,10 @@ Rules (beyond the seed's consecutive-failure breaker):
   window, on a failure rate >= ``failure_rate_threshold`` over at least
   ``minimum_calls`` calls, or on a slow-call rate (latency or time to first
   token over their limits) >= ``slow_rate_threshold``;
-* a 429 with Retry-After opens for exactly that long; client errors other
-  than 408/429 and content-policy rejections do not count; auth errors open
+* a 429 with Retry-After opens for exactly that long (at most
+  ``open_max_seconds``); client errors other
+  than 408/429, content-policy rejections and attempts the caller cancelled do
+  not count; auth errors open
   for the maximum duration when ``auth_errors_force_open``;
 * open -> half_open when the open duration has passed (the time is
   ``open_until``, not the moment someone noticed); the duration escalates by
@@ -119,6 +121,8 @@ def classify(outcome: LLMOutcome, config: BreakerConfig) -> Call:
     )
     if outcome.status is OutcomeStatus.success:
         return Call(outcome.event_time, Verdict.success, slow)
+    if outcome.status is OutcomeStatus.cancelled:
+        return Call(outcome.event_time, Verdict.ignored)  # the caller gave up, not the provider
     ec = outcome.error_class
     if ec is ErrorClass.rate_limited or outcome.http_status == 429:
         return Call(outcome.event_time, Verdict.rate_limited, slow, outcome.retry_after_ms)
@@ -265,7 +269,9 @@ class BreakerCore:
     def _open(self, call: Call, now: datetime, reason: str) -> Transition:
         cfg = self.config
         if reason == "rate_limited" and call.retry_after_ms:
-            until = max(now, call.event_time + timedelta(milliseconds=call.retry_after_ms))
+            # Honoured up to open_max_seconds: a bogus "retry in a day" is capped.
+            wanted = call.event_time + timedelta(milliseconds=call.retry_after_ms)
+            until = max(now, min(wanted, now + timedelta(seconds=cfg.open_max_seconds)))
         elif reason == "auth_error":
             until = now + timedelta(seconds=cfg.open_max_seconds)
         else:

@@ -136,6 +136,9 @@ class OutcomeStatus(StrEnum):
     failure = "failure"
     timeout = "timeout"
     rejected = "rejected"
+    #: The caller gave up (cancellation, or its overall deadline cut the attempt
+    #: short): says nothing about the provider, ignored by the breaker.
+    cancelled = "cancelled"
 
 
 class ErrorClass(StrEnum):
@@ -146,6 +149,7 @@ class ErrorClass(StrEnum):
     auth_error = "auth_error"
     content_policy = "content_policy"
     network = "network"
+    cancelled = "cancelled"
 
 
 class PromptAction(StrEnum):

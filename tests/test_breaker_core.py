@@ -99,6 +99,10 @@ def outcome(**kw: object) -> LLMOutcome:
             },
             Verdict.auth,
         ),
+        (
+            {"status": OutcomeStatus.cancelled, "error_class": ErrorClass.cancelled},
+            Verdict.ignored,
+        ),
     ],
 )
 def test_classify(kw: dict[str, object], verdict: Verdict) -> None:
@@ -195,6 +199,12 @@ def test_retry_after_opens_for_exactly_that_long() -> None:
     assert b.open_until == T0 + 7 * S
     assert not b.allows(T0 + 6 * S)
     assert b.tick(T0 + 7 * S)[0].to_state is BreakerState.half_open
+
+
+def test_retry_after_is_capped_at_the_maximum_open_time() -> None:
+    b = BreakerCore("a", BreakerConfig(open_max_seconds=600))
+    b.record(Call(T0, Verdict.rate_limited, retry_after_ms=86_400_000), T0)
+    assert b.open_until == T0 + 600 * S
 
 
 def test_client_errors_do_not_count_auth_errors_force_open() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,6 +26,7 @@ from gateway.orchestrator import (
     Completion,
     LLMCall,
     Provider,
+    ProviderCall,
     ProviderOrchestrator,
     RequestRejected,
 )
@@ -239,7 +241,13 @@ async def test_local_half_open_allows_one_probe_and_cancellation_frees_it() -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     assert view.route("a").allowed  # released by the cancelled probe
-    assert events.outcomes() == []  # a cancelled attempt says nothing about the provider
+    (outcome,) = events.outcomes()  # every attempt has an outcome...
+    assert (outcome.status, outcome.error_class, outcome.is_probe) == (
+        OutcomeStatus.cancelled,
+        ErrorClass.cancelled,
+        True,
+    )
+    assert view._local["a"].state is BreakerState.half_open  # ...that the breaker ignores
 
 
 async def test_unknown_exceptions_propagate_unchanged() -> None:
@@ -247,7 +255,41 @@ async def test_unknown_exceptions_propagate_unchanged() -> None:
     orch, _, events, _ = _setup(a, FakeProvider("b"))
     with pytest.raises(KeyError):
         await orch.execute(CALL)
-    assert events.outcomes() == []
+    assert [o.status for o in events.outcomes()] == [OutcomeStatus.cancelled]
+
+
+async def test_a_timeout_cut_short_by_the_deadline_is_not_the_provider_s_fault() -> None:
+    a, b = FakeProvider("a", delay=1.0), FakeProvider("b")
+    orch, view, events, clock = _setup(a, b, fresh=False, timeout=5.0)
+    orch.deadline_seconds = 0.1  # the caller's budget, far below the provider's timeout
+    orch.providers[0] = replace(orch.providers[0], call=_advancing(clock, a, 0.2))
+    for _ in range(6):
+        with pytest.raises(AllProvidersFailed, match="deadline"):
+            await orch.execute(CALL)
+    assert {o.status for o in events.outcomes()} == {OutcomeStatus.cancelled}
+    # Six of them in a row would open the seed-preset breaker if they counted.
+    assert view._local["a"].state is BreakerState.closed
+    assert b.calls == 0  # no time left to fail over either
+
+
+def _advancing(clock: Clock, inner: FakeProvider, seconds: float) -> ProviderCall:
+    async def call(request: LLMCall, model: str) -> Completion:
+        clock.t += seconds  # the fake monotonic clock follows the real wait
+        return await inner(request, model)
+
+    return call
+
+
+async def test_retry_after_is_capped() -> None:
+    a = FakeProvider("a", ProviderError("slow down", http_status=429, retry_after="86400"))
+    orch, _, _, clock = _setup(a, FakeProvider("b"))
+    orch.max_retry_after_seconds = 30
+    await orch.execute(CALL)
+    # Past both caps: this instance's cooldown (30 s) and the local breaker's
+    # rate-limit opening (open_max_seconds, 60 s in the seed preset).
+    clock.t += 61
+    await orch.execute(CALL)
+    assert a.calls == 2
 
 
 async def test_all_failing_gives_up_after_rounds_with_backoff() -> None:
