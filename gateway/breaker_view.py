@@ -9,11 +9,13 @@ announcement is repaired within that time). A provider without a key has never
 left ``closed``.
 
 Local fallback: every outcome this instance observes also feeds an in-process
-``BreakerCore`` with the same rules as the agent (``schemas.breaker``). When the
-shared view has not been confirmed by Redis for ``snapshot_stale_seconds``
-(Redis down, partitioned, or the agent's key unreadable), routing decisions come
-from the local breaker instead, and from the shared view again as soon as a
-read succeeds.
+``BreakerCore`` with the same rules as the agent (``schemas.breaker``). The
+shared view is stale when it has not been confirmed by Redis, or the breaker
+worker has not been seen alive (its heartbeat key, or an announcement), for
+``snapshot_stale_seconds`` (Redis down or partitioned, or no breaker worker
+running: an ``open`` snapshot would otherwise block a provider for good). Then
+routing decisions come from the local breaker, and from the shared view again as
+soon as both are confirmed.
 
 Half-open: under the shared view a caller must hold one of the fleet's
 ``probe_permits`` Redis permits of that half-open generation before calling;
@@ -103,15 +105,16 @@ class BreakerView:
         self._providers = list(dict.fromkeys(providers))
         self._shared: dict[str, BreakerSnapshot | None] = {}
         self._confirmed: dict[str, float] = {}
-        self._local = {
-            p: BreakerCore(p, breaker_config or BreakerConfig()) for p in self._providers
-        }
+        self._breaker_config = breaker_config or BreakerConfig()
+        self._local = {p: BreakerCore(p, self._breaker_config) for p in self._providers}
         self._local_probe: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._acquire = redis.register_script(serving.ACQUIRE_PERMIT)
         self._release = redis.register_script(serving.RELEASE_PERMIT)
         self._redis_down_logged = False
         self._counters: dict[tuple[str, Source], Any] = {}
+        self._agent_seen: float | None = None
+        self._last_heartbeat: bytes | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,22 +136,39 @@ class BreakerView:
     # --- decisions -------------------------------------------------------------------
     def route(self, provider: str) -> Route:
         """How ``provider`` may be called now (pure in-memory; no I/O)."""
+        route = self._route(provider)
+        self._count(provider, route.source)
+        return route
+
+    def _route(self, provider: str) -> Route:
         snap = self._shared.get(provider)
         confirmed = self._confirmed.get(provider)
-        fresh = confirmed is not None and (
-            self._mono() - confirmed <= self._config.snapshot_stale_seconds
+        bound = self._mono() - self._config.snapshot_stale_seconds
+        fresh = (
+            confirmed is not None
+            and confirmed >= bound
+            and self._agent_seen is not None
+            and self._agent_seen >= bound
         )
         if fresh:
             state = snap.state if snap else BreakerState.closed
-            self._count(provider, Source.shared)
             if state is BreakerState.half_open and snap is not None:
                 return Route(
                     provider, state, Source.shared, True, True, snap.version, snap.probe_permits
                 )
             return Route(provider, state, Source.shared, state not in _BLOCKING)
-        self._count(provider, Source.local)
+        now = self._wall()
+        if (
+            snap is not None
+            and snap.state in _BLOCKING
+            and snap.next_attempt_at is not None
+            and now < snap.next_attempt_at
+        ):
+            # The fleet's last verdict before the view went stale still runs: keep the
+            # provider out until then instead of sending it this instance's traffic.
+            return Route(provider, snap.state, Source.local, False)
         core = self._local_core(provider)
-        core.tick(self._wall())
+        core.tick(now)
         if core.state is BreakerState.half_open:
             allowed = provider not in self._local_probe
             return Route(provider, core.state, Source.local, allowed, True, core.version)
@@ -200,7 +220,7 @@ class BreakerView:
         now = self._mono()
         out = []
         for provider in self._providers:
-            route = self.route(provider)
+            route = self._route(provider)  # not counted as a routing decision
             snap = self._shared.get(provider)
             confirmed = self._confirmed.get(provider)
             out.append(
@@ -220,7 +240,14 @@ class BreakerView:
 
     # --- shared view maintenance --------------------------------------------------------
     def apply(self, snap: BreakerSnapshot) -> bool:
-        """Apply a snapshot if it is newer than the one held; True if applied."""
+        """Apply a snapshot just announced by the breaker worker (newer versions only).
+
+        An announcement is also proof that the worker is alive. True if applied.
+        """
+        self._agent_seen = self._mono()
+        return self._store(snap)
+
+    def _store(self, snap: BreakerSnapshot) -> bool:
         if snap.provider not in self._local:
             return False
         held = self._shared.get(snap.provider)
@@ -234,9 +261,10 @@ class BreakerView:
         """Re-read every provider's snapshot from Redis; False if Redis failed."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(serving.heartbeat_key(self._config.topic_prefix))
                 for p in self._providers:
                     pipe.hget(serving.breaker_key(self._config.topic_prefix, p), "snapshot")
-                raws: list[Any] = await pipe.execute()
+                heartbeat, *raws = await pipe.execute()
         except _REDIS_ERRORS as exc:
             if not self._redis_down_logged:
                 log.warning("breaker view: redis unavailable, local breakers decide: %s", exc)
@@ -246,13 +274,19 @@ class BreakerView:
             log.warning("breaker view: redis is back, shared view restored")
             self._redis_down_logged = False
         now = self._mono()
+        # A heartbeat that changed since the last read proves the worker ticked: no
+        # clock comparison, so skew between hosts does not matter. (The worker's
+        # tick, 0.5 s by default, must stay below snapshot_stale_seconds.)
+        if heartbeat is not None and heartbeat != self._last_heartbeat:
+            self._agent_seen = now
+        self._last_heartbeat = heartbeat
         for provider, raw in zip(self._providers, raws, strict=True):
             if raw is None:
                 self._confirmed[provider] = now  # never transitioned: closed
                 continue
             snap = self._parse(raw)
             if snap is not None:
-                self.apply(snap)
+                self._store(snap)
         return True
 
     def _parse(self, raw: bytes | str) -> BreakerSnapshot | None:
@@ -273,7 +307,7 @@ class BreakerView:
     def _local_core(self, provider: str) -> BreakerCore:
         core = self._local.get(provider)
         if core is None:
-            core = self._local[provider] = BreakerCore(provider, BreakerConfig())
+            core = self._local[provider] = BreakerCore(provider, self._breaker_config)
             self._providers.append(provider)
         return core
 

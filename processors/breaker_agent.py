@@ -204,6 +204,7 @@ class BreakerService:
     # --- timer -----------------------------------------------------------------------
     async def _tick(self) -> None:
         now = self.clock()
+        await self._heartbeat(now)
         for key, data in list(self.table.items()):
             if not data:
                 continue
@@ -262,6 +263,17 @@ class BreakerService:
                 snap.provider,
                 exc,
             )
+
+    async def _heartbeat(self, now: datetime) -> None:
+        """Tell readers this worker is alive (their views go stale without it)."""
+        try:
+            await self.redis.set(
+                serving.heartbeat_key(self.settings.topic_prefix),
+                int(now.timestamp() * 1000),
+                px=serving.HEARTBEAT_TTL_MS,
+            )
+        except (aioredis.RedisError, OSError) as exc:
+            log.debug("redis unavailable, heartbeat skipped: %s", exc)
 
     async def _release_permit(self, key: str, generation: int, holder: str, slots: int) -> None:
         try:

@@ -10,6 +10,10 @@ other, so the key layout and the Lua scripts they both rely on live here.
 * ``prompt_key(prefix, name)``: JSON ``{"prompt_name", "versions": [{"version",
   "weight", "content", ...}]}`` of the active versions, weights summing to 1.
 * ``breaker_channel(prefix)``: pub/sub channel announcing every applied snapshot.
+* ``heartbeat_key(prefix)``: epoch milliseconds, rewritten by the breaker worker
+  on every timer tick (expiring after ``HEARTBEAT_TTL_MS``). Snapshots only change
+  on transitions, so this is how a reader tells "nothing happened" from "the
+  worker is gone" (an ``open`` snapshot would otherwise block a provider forever).
 * ``permit_keys(prefix, provider, generation, n)``: the N half-open probe permits
   of one half-open period (``generation`` = the breaker version of that
   half_open snapshot), taken with ``ACQUIRE_PERMIT`` (``SET NX PX``, value = the
@@ -63,6 +67,14 @@ def prompt_key(prefix: str, prompt_name: str) -> str:
 
 def breaker_key(prefix: str, provider: str) -> str:
     return f"{prefix}llmpulse:breaker:{provider}"
+
+
+#: Expiry of the breaker worker's heartbeat key.
+HEARTBEAT_TTL_MS = 30_000
+
+
+def heartbeat_key(prefix: str) -> str:
+    return f"{prefix}llmpulse:breaker-heartbeat"
 
 
 def breaker_channel(prefix: str) -> str:

@@ -98,7 +98,8 @@ def _setup(
         wall=clock.wall,
         mono=clock.mono,
     )
-    if fresh:  # the shared view was confirmed just now: every provider closed
+    if fresh:  # the shared view was confirmed just now (worker alive): all closed
+        view._agent_seen = clock.mono()
         for p in providers:
             view._confirmed[p.name] = clock.mono()
     events = Events()
@@ -386,3 +387,43 @@ async def test_shared_probe_permits_are_kept_on_failure_and_freed_on_client_erro
         assert [await rds.get(k) for k in keys] == [None, None]
     finally:
         await rds.aclose()
+
+
+async def test_without_a_live_breaker_worker_the_shared_view_is_stale(settings: Settings) -> None:
+    config = GatewayConfig(
+        bootstrap_servers="127.0.0.1:1",
+        redis_url=str(settings.redis_url),
+        topic_prefix=settings.topic_prefix,
+        snapshot_stale_seconds=0.5,
+    )
+    rds = redis_client(config)
+    key = serving.heartbeat_key(settings.topic_prefix)
+    view = BreakerView(rds, config, ["a"])
+    try:
+        await view.refresh()  # Redis answers, but no worker has ever beaten
+        assert view.route("a").source is Source.local
+        await rds.set(key, "1")
+        await view.refresh()
+        assert view.route("a").source is Source.shared
+        await asyncio.sleep(0.6)
+        await view.refresh()  # the same heartbeat again: the worker stopped ticking
+        assert view.route("a").source is Source.local
+        await rds.set(key, "2")
+        await view.refresh()
+        assert view.route("a").source is Source.shared
+    finally:
+        await rds.aclose()
+
+
+def test_stale_view_keeps_the_fleet_s_last_open_verdict_until_it_ends() -> None:
+    a, b = FakeProvider("a"), FakeProvider("b")
+    _, view, _, clock = _setup(a, b)
+    snap = _snapshot("a", BreakerState.open, 4).model_copy(
+        update={"next_attempt_at": clock.wall() + timedelta(seconds=10)}
+    )
+    view.apply(snap)
+    clock.t += CONFIG.snapshot_stale_seconds + 1  # stale now; the local breaker is closed
+    route = view.route("a")
+    assert (route.source, route.allowed) == (Source.local, False)
+    clock.t += 10
+    assert view.route("a").allowed  # the open period is over: the local breaker decides
