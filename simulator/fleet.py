@@ -208,20 +208,19 @@ async def run_fleet(
     report.provider_calls = {name: sim.calls for name, sim in sims.items()}
     observer = asyncio.create_task(_Observer(gw, clock, report).run())
     views: list[BreakerView] = []
+    reporter = asyncio.create_task(_progress(report, views, clock, scenario, progress))
     try:
-        instances = [
-            _Instance(i, gw, scenario, sims, clock, report, spool_root, views)
-            for i in range(scenario.instances)
-        ]
-        reporter = asyncio.create_task(_progress(report, views, clock, scenario, progress))
-        await asyncio.gather(*(inst.run() for inst in instances))
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
+        # A TaskGroup: if one instance fails, the others are cancelled (and each
+        # closes its emitter, so nothing stays queued or locked).
+        async with asyncio.TaskGroup() as group:
+            for i in range(scenario.instances):
+                instance = _Instance(i, gw, scenario, sims, clock, report, spool_root, views)
+                group.create_task(instance.run())
     finally:
-        observer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await observer
+        for task in (reporter, observer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     return report
 
 
@@ -303,10 +302,10 @@ class _Instance:
         )
 
     async def run(self) -> None:
-        await self.emitter.start()
-        await self.view.start()
         pending: set[asyncio.Task[None]] = set()
         try:
+            await self.emitter.start()
+            await self.view.start()
             n = 0
             begin = self.clock()
             while (elapsed := self.clock() - begin) < self.scenario.seconds:
@@ -318,6 +317,8 @@ class _Instance:
             if pending:
                 await asyncio.gather(*pending)
         finally:
+            for task in pending:
+                task.cancel()
             await self.view.close()
             await self.emitter.close()
             self.report.emitted += self.emitter.emitted
