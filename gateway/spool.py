@@ -180,6 +180,7 @@ class Spool:
         self._active: _Active | None = None
         # Lines not yet acknowledged per segment (complete lines after the cursor).
         self._counts: dict[Path, int] = {}
+        self._forgotten: dict[Path, int] = {}
         self._next_seq = 1
         self._scan()
 
@@ -302,15 +303,22 @@ class Spool:
         self.forget(segment, records)
 
     def forget(self, segment: Path, lines: int) -> None:
-        """Stop counting ``lines`` lines of ``segment`` as pending (skipped, invalid)."""
-        if segment in self._counts:
-            self._counts[segment] = max(0, self._counts[segment] - lines)
+        """Stop counting the ``lines`` invalid lines found in ``segment`` as pending.
+
+        Idempotent: a replay that is retried reads the same invalid lines again,
+        so only the excess over what was already forgotten is subtracted.
+        """
+        done = self._forgotten.get(segment, 0)
+        if segment in self._counts and lines > done:
+            self._counts[segment] = max(0, self._counts[segment] - (lines - done))
+            self._forgotten[segment] = lines
 
     def remove(self, segment: Path) -> None:
         """Delete a fully replayed segment and its cursor."""
         segment.unlink(missing_ok=True)
         segment.with_suffix(_CURSOR_SUFFIX).unlink(missing_ok=True)
         self._counts.pop(segment, None)
+        self._forgotten.pop(segment, None)
 
     def pending(self) -> int:
         """Records in the spool not yet acknowledged by Kafka."""

@@ -363,3 +363,18 @@ async def test_emit_rejects_unknown_types_and_use_after_close(tmp_path: Path) ->
     assert emitter.spooled == 1  # never started: close() spooled the queued event
     with pytest.raises(RuntimeError):
         emitter.emit(_request(2))
+
+
+def test_forgetting_invalid_lines_is_idempotent(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_segment_bytes=1 << 20, max_segment_records=100)
+    try:
+        records = [SpoolRecord("t", b"k", b'{"event_id":"%d"}' % i, str(i)) for i in range(5)]
+        spool.append(records)
+        spool.seal()
+        (segment,) = spool.segments()
+        assert spool.pending() == 5
+        spool.forget(segment, 2)  # a replay found 2 invalid lines...
+        spool.forget(segment, 2)  # ...and its retry the same 2 again
+        assert spool.pending() == 3
+    finally:
+        spool.close()
