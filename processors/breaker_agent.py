@@ -17,6 +17,7 @@ snapshot to Redis, so Redis recovers from restarts or outages on its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -111,6 +112,7 @@ class BreakerService:
             FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
         )
         self._published: dict[str, int] = {}
+        self._publish_locks: dict[str, asyncio.Lock] = {}
         # Breakers of the partitions this worker owns, authoritative in process;
         # the table (changelog) gets every transition at once and window counts
         # at most every ``_WRITE_EVERY`` seconds per breaker (see ``_store``).
@@ -218,6 +220,15 @@ class BreakerService:
     # --- publishing --------------------------------------------------------------------
     async def _publish(
         self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool = False
+    ) -> None:
+        # One publisher per provider at a time: the agent and the timer both publish,
+        # and interleaved at the awaits below they would both send the same version.
+        lock = self._publish_locks.setdefault(core.provider, asyncio.Lock())
+        async with lock:
+            await self._publish_locked(core, transitions, now, resync)
+
+    async def _publish_locked(
+        self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool
     ) -> None:
         last = self._published.get(core.provider, -1)
         snapshots = [snapshot_of(core, now, t) for t in transitions if t.version > last]
