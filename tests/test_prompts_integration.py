@@ -204,7 +204,7 @@ def _brute_force(
             marks=pytest.mark.xfail(
                 strict=False,
                 reason="known gap: after a SIGKILL the restarted rollup worker still "
-                "occasionally loses one event (about 1 run in 9 since the changelog "
+                "occasionally loses one event (1 run in 32 since the changelog "
                 "barrier; cause not isolated); see README 'Crash exactness'",
             ),
         ),
