@@ -22,17 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.common import bare_consumer, bench_settings, blast, wait_committed
+from bench.common import bare_consumer, bench_outcome, bench_settings, blast, wait_committed
 from processors import kafka
 from processors.codec import encode
 from processors.settings import Settings
-from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
+from schemas import LLMOutcome, serving
 from schemas.events import BreakerSnapshot
 from schemas.topics import OUTCOMES
 
@@ -40,18 +39,7 @@ CONFIG = "default: {consecutive_failures: 3, failure_rate_threshold: null, open_
 
 
 def outcome(provider: str, ok: bool) -> LLMOutcome:
-    return LLMOutcome(
-        event_id=uuid.uuid4(),
-        event_time=datetime.now(UTC),
-        request_id=uuid.uuid4(),
-        org_id="bench",
-        operation=Operation.completion,
-        provider=provider,
-        model="m",
-        status=OutcomeStatus.success if ok else OutcomeStatus.failure,
-        error_class=None if ok else ErrorClass.server_error,
-        latency_ms=50,
-    )
+    return bench_outcome(provider, ok=ok)
 
 
 def start_worker(settings: Settings, tmp: Path) -> subprocess.Popen[bytes]:

@@ -8,15 +8,44 @@ import resource
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from processors import kafka, stack
 from processors.codec import decode, encode
 from processors.samples import sample_outcome
 from processors.settings import Settings
 from processors.topics import create_topics
-from schemas.events import LLMOutcome
+from schemas.events import ErrorClass, LLMOutcome, Operation, OutcomeStatus
 from schemas.topics import OUTCOMES, topic_spec
 from tests.harness import committed_offsets
+
+
+def bench_outcome(
+    provider: str = "p1",
+    *,
+    ok: bool = True,
+    prompt_version: int | None = None,
+    latency_ms: int = 50,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> LLMOutcome:
+    """A fresh outcome for the benchmarks (new ids, event time now)."""
+    return LLMOutcome(
+        event_id=uuid.uuid4(),
+        event_time=datetime.now(UTC),
+        request_id=uuid.uuid4(),
+        org_id="bench",
+        operation=Operation.completion,
+        provider=provider,
+        model="m",
+        prompt_name="bench-prompt" if prompt_version is not None else None,
+        prompt_version=prompt_version,
+        status=OutcomeStatus.success if ok else OutcomeStatus.failure,
+        error_class=None if ok else ErrorClass.server_error,
+        latency_ms=latency_ms,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import bench_settings, max_rss_mib
+from bench.common import bench_outcome, bench_settings, max_rss_mib
 from gateway.breaker_view import BreakerView
 from gateway.config import GatewayConfig, redis_client
 from gateway.emitter import EventEmitter
@@ -31,7 +31,7 @@ from gateway.orchestrator import Completion, LLMCall, Provider, ProviderOrchestr
 from processors import kafka
 from processors.settings import Settings
 from schemas import serving
-from schemas.events import BreakerSnapshot, BreakerState, LLMOutcome, Operation, OutcomeStatus
+from schemas.events import BreakerSnapshot, BreakerState
 from schemas.topics import OUTCOMES
 
 
@@ -42,22 +42,6 @@ async def _instant(call: LLMCall, model: str) -> Completion:
 class _NullEmitter:
     def emit(self, event: object) -> None:
         pass
-
-
-def _outcome() -> LLMOutcome:
-    return LLMOutcome(
-        event_id=uuid.uuid4(),
-        event_time=datetime.now(UTC),
-        request_id=uuid.uuid4(),
-        org_id="bench",
-        operation=Operation.completion,
-        provider="p1",
-        model="m",
-        status=OutcomeStatus.success,
-        latency_ms=120,
-        input_tokens=100,
-        output_tokens=50,
-    )
 
 
 async def _routing(gw: GatewayConfig, decisions: int) -> tuple[float, float]:
@@ -100,7 +84,7 @@ async def _routing(gw: GatewayConfig, decisions: int) -> tuple[float, float]:
 
 
 async def _emit(settings: Settings, gw: GatewayConfig, events: int) -> tuple[float, float]:
-    batch = [_outcome() for _ in range(events)]
+    batch = [bench_outcome(input_tokens=100, output_tokens=50) for _ in range(events)]
     emitter = EventEmitter(gw)
     await emitter.start()
     spent = 0.0

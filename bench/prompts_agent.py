@@ -17,29 +17,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import bare_consumer, bench_settings, blast, wait_committed
+from bench.common import bare_consumer, bench_outcome, bench_settings, blast, wait_committed
 from processors.codec import encode
 from processors.faust_app import app_id
 from processors.settings import Settings
-from schemas import LLMOutcome, Operation, OutcomeStatus
+from schemas import LLMOutcome
 
 
 def outcome(rng: random.Random) -> LLMOutcome:
-    return LLMOutcome(
-        event_id=uuid.uuid4(),
-        event_time=datetime.now(UTC),
-        request_id=uuid.uuid4(),
-        org_id="bench",
-        operation=Operation.completion,
-        provider=f"p{rng.randrange(6)}",
-        model="m",
-        prompt_name="bench-prompt",
+    return bench_outcome(
+        f"p{rng.randrange(6)}",
         prompt_version=rng.randint(1, 4),
-        status=OutcomeStatus.success,
         latency_ms=rng.randint(50, 2000),
         input_tokens=rng.randint(10, 1000),
         output_tokens=rng.randint(10, 500),
