@@ -97,7 +97,11 @@ class BreakerView:
         breaker_config: BreakerConfig | None = None,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         mono: Callable[[], float] = time.monotonic,
+        on_snapshot: Callable[[BreakerSnapshot], None] | None = None,
     ) -> None:
+        """``on_snapshot`` is called with each snapshot the view takes (newer versions only,
+        from pub/sub or a refresh read, whichever comes first)."""
+        self._on_snapshot = on_snapshot
         self._redis = redis
         self._config = config
         self._wall = wall
@@ -255,6 +259,8 @@ class BreakerView:
         if held is not None and held.version >= snap.version:
             return False
         self._shared[snap.provider] = snap
+        if self._on_snapshot is not None:
+            self._on_snapshot(snap)
         return True
 
     async def refresh(self) -> bool:

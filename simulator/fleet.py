@@ -8,8 +8,9 @@ counted at the provider, fleet-wide) and the real Kafka, Redis and breaker
 worker. Traffic is open-loop: requests start at a fixed rate whatever the
 latency, like independent users.
 
-An observer follows the breaker channel in Redis to build the fleet timeline
-that the report (and the acceptance tests) relate provider calls to.
+An observer (one more ``BreakerView``) records every snapshot announced on the
+breaker channel: the fleet timeline that the report (and the acceptance tests)
+relate provider calls to.
 """
 
 from __future__ import annotations
@@ -39,13 +40,11 @@ from gateway.orchestrator import (
     RequestRejected,
 )
 from gateway.prompts import PromptSelector, PromptUnavailable
-from schemas import serving
 from schemas.breaker import BreakerConfig
 from schemas.events import BreakerSnapshot, BreakerState, Feedback, Operation
 from simulator.providers import ProviderCallRecord, ProviderSpec, SimulatedProvider
 
 log = logging.getLogger(__name__)
-ORGS = ("acme", "globex", "initech", "umbrella", "hooli")
 _OPERATIONS = (Operation.completion, Operation.embedding, Operation.moderation)
 _OPERATION_WEIGHTS = (6, 3, 1)
 
@@ -64,6 +63,8 @@ class FleetScenario:
     #: Mean feedback score per prompt version (the built-in A/B difference).
     feedback_means: Mapping[int, float] = field(default_factory=dict)
     subjects: int = 100_000
+    #: Organizations the requests are billed to (uniformly).
+    orgs: tuple[str, ...] = ("sim-org",)
     #: Local fallback breakers (used when the shared view is stale).
     local_breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
@@ -149,43 +150,6 @@ def half_open_periods(
     return out
 
 
-class _Observer:
-    """Follows the breaker channel to record the fleet-wide timeline."""
-
-    def __init__(self, gw: GatewayConfig, clock: Callable[[], float], report: FleetReport):
-        self._gw, self._clock, self._report = gw, clock, report
-
-    async def run(self) -> None:
-        channel = serving.breaker_channel(self._gw.topic_prefix)
-        seen: dict[str, int] = {}
-        while True:
-            rds = redis_client(self._gw)
-            pubsub = rds.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if msg is None or msg.get("type") != "message":
-                        continue
-                    snap = BreakerSnapshot.model_validate_json(msg["data"])
-                    if snap.version > seen.get(snap.provider, -1):
-                        seen[snap.provider] = snap.version
-                        self._report.probe_permits[snap.provider] = snap.probe_permits
-                        self._report.timeline.append(
-                            (self._clock(), snap.provider, snap.state, snap.version)
-                        )
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.debug("observer: redis unavailable: %s", exc)
-                await asyncio.sleep(0.3)
-            except Exception as exc:  # redis errors do not all derive from OSError
-                log.debug("observer: %s", exc)
-                await asyncio.sleep(0.3)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                    await rds.aclose()
-
-
 async def run_fleet(
     gw: GatewayConfig,
     scenario: FleetScenario,
@@ -206,7 +170,15 @@ async def run_fleet(
         for spec in scenario.providers
     }
     report.provider_calls = {name: sim.calls for name, sim in sims.items()}
-    observer = asyncio.create_task(_Observer(gw, clock, report).run())
+
+    def taken(snap: BreakerSnapshot) -> None:
+        report.timeline.append((clock(), snap.provider, snap.state, snap.version))
+        report.probe_permits[snap.provider] = snap.probe_permits
+
+    # The fleet timeline: a breaker view of its own, recording every announcement.
+    observer_redis = redis_client(gw)
+    observer = BreakerView(observer_redis, gw, list(sims), on_snapshot=taken)
+    await observer.start()
     views: list[BreakerView] = []
     reporter = asyncio.create_task(_progress(report, views, clock, scenario, progress))
     try:
@@ -217,10 +189,11 @@ async def run_fleet(
                 instance = _Instance(i, gw, scenario, sims, clock, report, spool_root, views)
                 group.create_task(instance.run())
     finally:
-        for task in (reporter, observer):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        await observer.close()
+        await observer_redis.aclose()
     return report
 
 
@@ -334,7 +307,7 @@ class _Instance:
             with contextlib.suppress(PromptUnavailable):
                 version = (await self.selector.select(sc.prompt_name, subject)).version.version
         call = LLMCall(
-            org_id=rng.choice(ORGS),
+            org_id=rng.choice(sc.orgs),
             operation=rng.choices(_OPERATIONS, weights=_OPERATION_WEIGHTS)[0],
             subject_id=subject,
             prompt_name=sc.prompt_name if version is not None else None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from processors import kafka, stack, workers
+from processors import kafka, samples, stack, workers
 from processors.settings import Settings
 from processors.topics import create_topics
 from schemas.events import Operation
@@ -23,19 +23,11 @@ from simulator.providers import Fault, FaultKind, ProviderSpec
 ROOT = Path(__file__).resolve().parents[1]
 #: Short breaker durations so an outage plays out in seconds (demo and simulate).
 FAST_BREAKER = ROOT / "examples" / "breaker-fast.yaml"
+#: Preferred first: the simulated providers and their models per operation are the
+#: ones the price list (``examples/pricing.yaml``) and the sample events know.
 PROVIDERS = ("openai", "anthropic")
-MODELS = {
-    "openai": {
-        Operation.completion: "gpt-4o",
-        Operation.embedding: "text-embedding-3-small",
-        Operation.moderation: "omni-moderation-latest",
-    },
-    "anthropic": {
-        Operation.completion: "claude-sonnet-4",
-        Operation.embedding: "voyage-3",
-        Operation.moderation: "claude-haiku-4",
-    },
-}
+_OPERATIONS = (Operation.completion, Operation.embedding, Operation.moderation)
+MODELS = {p: dict(zip(_OPERATIONS, samples.MODELS[p], strict=True)) for p in PROVIDERS}
 _FAULT = re.compile(r"^([a-z0-9_-]+):(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)(?::(\d+(?:\.\d+)?))?$")
 
 
@@ -194,6 +186,7 @@ def default_scenario(
         seed=seed,
         prompt_name=prompt_name,
         feedback_means=feedback_means or {},
+        orgs=samples.ORGS,
     )
 
 
