@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -55,6 +55,10 @@ class AckTrackingProducer(faust_aiokafka.Producer):
         super().send_soon(fut)
 
 
+#: ``(tp, offset) -> offset that may be committed`` (None: commit nothing for tp).
+CommitLimit = Callable[[TP, int], "int | None"]
+
+
 class ChangelogFirstConsumer(faust_aiokafka.Consumer):
     """Commits source offsets only after the table changelog writes before them.
 
@@ -68,11 +72,22 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
     skipped by the tables' own per-partition offset bookkeeping. A write that
     failed stops the worker (fatal): committing past it would lose it for good,
     and a restart replays from the last safe offset.
+
+    Offsets are also held at the app's commit limit, if it set one
+    (``limit_commits``): the input cursors of its tables
+    (``processors.input_cursor``), so a commit never passes an event that Faust
+    acknowledged without delivering it.
     """
 
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
+        limit: CommitLimit | None = getattr(self.transport, "commit_limit", None)
+        if limit is not None:
+            limited = {tp: limit(tp, offset) for tp, offset in offsets.items()}
+            offsets = {tp: offset for tp, offset in limited.items() if offset is not None}
+            if not offsets:
+                return False
         producer = self.app.producer
         pending = list(getattr(producer, "unacknowledged", ()))
         if pending:
@@ -88,6 +103,14 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
 class ChangelogFirstTransport(faust_aiokafka.Transport):
     Consumer = ChangelogFirstConsumer
     Producer = AckTrackingProducer
+    commit_limit: CommitLimit | None = None
+
+
+def limit_commits(app: faust.App, limit: CommitLimit) -> None:
+    """Commit source offsets of ``app`` only up to ``limit`` (its input cursors)."""
+    transport = app.transport
+    assert isinstance(transport, ChangelogFirstTransport), "app not made by create_app"
+    transport.commit_limit = limit
 
 
 def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:

@@ -57,6 +57,11 @@ SINK_INSERT_SECONDS = Histogram(
 SINK_RETRIES = Counter(
     "llmpulse_sink_retries", "ClickHouse operations retried after a transient error", ["flow"]
 )
+SOURCE_HOLES = Counter(
+    "llmpulse_source_holes",
+    "Events delivered past an undelivered offset; the partition was re-read from it",
+    ["flow", "topic"],
+)
 LATE_EVENTS = Counter(
     "llmpulse_late_events", "Events that arrived after their window or period closed", ["flow"]
 )

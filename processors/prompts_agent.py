@@ -4,9 +4,11 @@ Rollups: two Faust agents read ``llm.outcomes.v1`` (6 partitions) and
 ``llm.feedback.v1`` (3 partitions) without repartitioning. Each keeps partial
 aggregates per (prompt version, window size, window start, source partition)
 in a changelog-backed table, so every key has one writer and a restarted
-worker continues exactly (``prompt_rollup.Partial.seen``). Windows are
-tumbling, by event time, closed ``prompt_window_grace_seconds`` after their
-end; a closed window is emitted to ``llm.prompt-performance.v1`` (the sink
+worker continues exactly (``prompt_rollup.Partial.seen``). Each table also keeps
+an input cursor per source partition, so events are applied strictly in offset
+order even where Faust skips some after a rebalance (``processors.input_cursor``).
+Windows are tumbling, by event time, closed ``prompt_window_grace_seconds``
+after their end; a closed window is emitted to ``llm.prompt-performance.v1`` (the sink
 loads it into ClickHouse ``prompt_performance``). Events that arrive later are
 counted (``llmpulse_late_events_total``) and emitted as correction partials.
 Downstream, partials and corrections simply add up.
@@ -34,7 +36,8 @@ from aiokafka import TopicPartition
 from processors import kafka, metrics
 from processors.codec import PoisonEvent, decode, encode
 from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from processors.faust_app import FaustProducer, create_app
+from processors.faust_app import FaustProducer, create_app, limit_commits
+from processors.input_cursor import InputCursors, Step, is_cursor_key
 from processors.prompt_registry import PromptState, fold
 from processors.prompt_rollup import Partial, partial_key, window_start
 from processors.settings import Settings
@@ -125,6 +128,8 @@ class PromptsService:
                 "partials_feedback", default=None, partitions=3
             ),
         }
+        self.cursors = InputCursors(self.app, self.sources, FLOW)
+        limit_commits(self.app, self.cursors.commit_limit)
         self.perf_topic = settings.topic(PROMPT_PERFORMANCE)
         self.dlq = DeadLetterPublisher(
             FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
@@ -139,6 +144,7 @@ class PromptsService:
         self.app.agent(outcomes, name="prompt-outcomes")(self._process)
         self.app.agent(feedback, name="prompt-feedback")(self._process)
         self.app.timer(1.0)(self._emit_idle_windows)
+        self.app.timer(1.0)(self.cursors.repair_holes)
         self.app.task(self._materialize_registry)
 
     # --- agents -------------------------------------------------------------------------
@@ -147,6 +153,8 @@ class PromptsService:
             msg = event.message
             record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
             table = self.sources[msg.topic]
+            if await self.cursors.step(msg.topic, msg.partition, msg.offset) is not Step.APPLY:
+                continue  # a replay already in the state, or past a hole being re-read
             try:
                 if msg.topic == self.settings.topic(OUTCOMES):
                     self._on_outcome(
@@ -167,6 +175,7 @@ class PromptsService:
                 self.dlq.poisoned(record)
             else:
                 self.dlq.ok(record)
+            self.cursors.advance(msg.topic, msg.partition, msg.offset)
             await self._sweep(msg.topic, msg.partition)
 
     def _partials(
@@ -263,7 +272,7 @@ class PromptsService:
         grace = self.settings.prompt_window_grace_seconds
         keep = self.settings.prompt_partial_retention_seconds
         for key, data in list(table.items()):
-            if not data or int(data["partition"]) != partition:
+            if is_cursor_key(key) or not data or int(data["partition"]) != partition:
                 continue
             p = Partial.from_dict(data)
             if not p.closed(now, grace):
@@ -291,8 +300,8 @@ class PromptsService:
         now = self.clock()
         grace = self.settings.prompt_window_grace_seconds
         for topic, table in self.sources.items():
-            for data in list(table.values()):
-                if not data:
+            for key, data in list(table.items()):
+                if is_cursor_key(key) or not data:
                     continue
                 p = Partial.from_dict(data)
                 if not p.closed(now, grace) or p.emitted:

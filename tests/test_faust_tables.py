@@ -57,7 +57,9 @@ async def test_offsets_are_committed_only_after_the_changelog_writes_before_them
     monkeypatch.setattr(faust_aiokafka.Consumer, "_commit_offsets", base_commit)
     consumer = ChangelogFirstConsumer.__new__(ChangelogFirstConsumer)
     producer = _FakeProducer()
-    consumer.__dict__.update(app=SimpleNamespace(producer=producer), crash=crash)
+    consumer.__dict__.update(
+        app=SimpleNamespace(producer=producer), crash=crash, transport=SimpleNamespace()
+    )
 
     loop = asyncio.get_running_loop()
     write = loop.create_future()
@@ -75,6 +77,26 @@ async def test_offsets_are_committed_only_after_the_changelog_writes_before_them
     assert await consumer._commit_offsets({TP("t", 0): 20}) is False
     assert committed == [{TP("t", 0): 10}]  # never past a lost write
     assert [str(e) for e in crashed] == ["not enough replicas"]
+
+
+async def test_commits_are_held_at_the_commit_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    committed: list[dict[Any, int]] = []
+
+    async def base_commit(self: Any, offsets: dict[Any, int], **kw: Any) -> bool:
+        committed.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_commit_offsets", base_commit)
+    consumer = ChangelogFirstConsumer.__new__(ChangelogFirstConsumer)
+    limits = {TP("src", 0): 7, TP("src", 1): None}
+    consumer.__dict__.update(
+        app=SimpleNamespace(producer=_FakeProducer()),
+        transport=SimpleNamespace(commit_limit=lambda tp, o: limits.get(tp, o)),
+    )
+    assert await consumer._commit_offsets({TP("src", 0): 10, TP("src", 1): 4, TP("x", 0): 3})
+    assert committed == [{TP("src", 0): 7, TP("x", 0): 3}]
+    assert await consumer._commit_offsets({TP("src", 1): 9}) is False  # nothing to commit
+    assert len(committed) == 1
 
 
 def test_faust_apps_use_the_changelog_first_transport(tmp_path: Path) -> None:

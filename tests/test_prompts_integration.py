@@ -195,22 +195,7 @@ def _brute_force(
     return dict(out)
 
 
-@pytest.mark.parametrize(
-    "crash",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known gap: after a SIGKILL the restarted rollup worker still "
-                "occasionally loses one event (1 run in 32 since the changelog "
-                "barrier; cause not isolated); see README 'Crash exactness'",
-            ),
-        ),
-    ],
-    ids=["no-crash", "sigkill-mid-window"],
-)
+@pytest.mark.parametrize("crash", [False, True], ids=["no-crash", "sigkill-mid-window"])
 async def test_rollups_equal_brute_force_with_late_events(
     settings: Settings, ch: Client, tmp_path: Path, crash: bool
 ) -> None:

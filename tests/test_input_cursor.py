@@ -1,0 +1,121 @@
+"""Input cursors: events applied strictly in offset order, holes re-read, commits held."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.input_cursor import InputCursors, Step, cursor_key, is_cursor_key, step
+
+
+class _FakeConsumer:
+    def __init__(self, earliest: int = 0) -> None:
+        self.earliest = earliest
+        self.seeks: list[tuple[TP, int]] = []
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.earliest for tp in tps}
+
+
+class _Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _cursors(earliest: int = 0) -> tuple[InputCursors, _FakeConsumer, dict[str, Any], _Clock]:
+    consumer = _FakeConsumer(earliest)
+    table: dict[str, Any] = {}
+    clock = _Clock()
+    app: Any = SimpleNamespace(consumer=consumer)
+    return InputCursors(app, {"src": table}, "test", clock=clock), consumer, table, clock
+
+
+async def _deliver(cursors: InputCursors, offsets: list[int]) -> list[int]:
+    """Offsets the state applies, in order, when Faust delivers ``offsets``."""
+    applied = []
+    for offset in offsets:
+        if await cursors.step("src", 0, offset) is Step.APPLY:
+            applied.append(offset)
+            cursors.advance("src", 0, offset)
+    return applied
+
+
+def test_step() -> None:
+    assert [step(5, o) for o in (4, 5, 6)] == [Step.REPLAY, Step.APPLY, Step.HOLE]
+    assert is_cursor_key(cursor_key(3))
+    assert not is_cursor_key("summarize|1|60|0|3|w")
+
+
+async def test_a_hole_is_not_applied_and_the_partition_is_read_again_from_it() -> None:
+    cursors, consumer, table, _ = _cursors()
+    # The restarted worker's pattern: 0-3 delivered, 4-7 dropped, then 8-9, then
+    # the re-read from 4 once the consumer was sought back.
+    assert await _deliver(cursors, [0, 1, 2, 3, 8, 9]) == [0, 1, 2, 3]
+    assert consumer.seeks == [(TP("src", 0), 4)]  # once, not per event past the hole
+    assert table[cursor_key(0)] == 4
+    assert await _deliver(cursors, [2, 3, 4, 5, 6, 7, 8, 9, 10]) == [4, 5, 6, 7, 8, 9, 10]
+    assert cursors.commit_limit(TP("src", 0), 11) == 11
+
+
+async def test_a_hole_that_stays_open_is_sought_again_every_retry() -> None:
+    cursors, consumer, _, clock = _cursors()
+    await _deliver(cursors, [0, 2, 3])
+    await cursors.repair_holes()
+    assert consumer.seeks == [(TP("src", 0), 1)]  # within the retry interval
+    clock.now += 1.0
+    await cursors.repair_holes()
+    assert consumer.seeks == [(TP("src", 0), 1)] * 2
+    await _deliver(cursors, [1])
+    clock.now += 5.0
+    await cursors.repair_holes()
+    assert len(consumer.seeks) == 2  # closed: nothing more to repair
+
+
+async def test_without_a_cursor_the_first_event_must_be_the_earliest_offset() -> None:
+    cursors, consumer, _, _ = _cursors(earliest=40)
+    assert await _deliver(cursors, [41, 40, 41]) == [40, 41]
+    assert consumer.seeks == [(TP("src", 0), 40)]
+
+
+async def test_commits_stop_at_the_cursor() -> None:
+    cursors, _, _, _ = _cursors()
+    assert cursors.commit_limit(TP("src", 0), 9) is None  # nothing applied yet
+    await _deliver(cursors, [0, 1, 2, 5])
+    assert cursors.commit_limit(TP("src", 0), 6) == 3  # 5 was acknowledged, not applied
+    assert cursors.commit_limit(TP("src", 0), 2) == 2
+    assert cursors.commit_limit(TP("other", 0), 9) == 9  # not a cursor topic
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["next", "drop", "rewind"]), st.integers(1, 6)), max_size=40)
+)
+def test_any_delivery_applies_each_offset_once_in_order(moves: list[tuple[str, int]]) -> None:
+    """Whatever Faust delivers (holes, re-reads), the state applies 0, 1, 2, ... once each."""
+
+    async def run() -> list[int]:
+        cursors, consumer, _, _ = _cursors()
+        position, applied = 0, []
+        for move, n in moves:
+            if move == "drop":
+                position += n  # n offsets acknowledged but never delivered
+            elif move == "rewind":
+                position = max(0, position - n)  # already delivered ones again
+            for _ in range(n if move == "next" else 1):
+                applied += await _deliver(cursors, [position])
+                position += 1
+                if consumer.seeks:  # the consumer honours a seek
+                    position = consumer.seeks.pop()[1]
+        return applied
+
+    applied = asyncio.run(run())
+    assert applied == list(range(len(applied)))
