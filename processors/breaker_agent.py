@@ -6,7 +6,9 @@ controls (same key and partition count) into the changelog-backed table
 transition is published as a versioned ``BreakerSnapshot`` to Redis (applied
 only if newer), to the compacted ``llm.breaker-state.v1``, to
 ``llm.breaker-transitions.v1`` (loaded into ClickHouse ``breaker_transitions``
-by the sink) and to Prometheus.
+by the sink) and to Prometheus. Events are applied in offset order, once per
+assignment: in-memory input cursors skip re-deliveries and re-read any records
+Faust drops after a rebalance (``processors.input_cursor``).
 
 Open -> half_open happens on time without traffic: a timer derives the due
 transition from the stored state (deterministic: it happens at ``open_until``
@@ -33,6 +35,7 @@ from processors.breaker_config import BreakerConfigs
 from processors.codec import PoisonEvent, decode, encode
 from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
 from processors.faust_app import FaustProducer, create_app
+from processors.input_cursor import InputCursors, MemoryCursors, Step
 from processors.settings import Settings
 from schemas import serving
 from schemas.breaker import BreakerCore, Transition, Verdict, classify
@@ -121,6 +124,7 @@ class BreakerService:
         self.app.on_partitions_revoked.connect(self._forget)
         self._set_if_newer = self.redis.register_script(serving.SET_IF_NEWER)
         self._release = self.redis.register_script(serving.RELEASE_PERMIT)
+        self.cursors = InputCursors(self.app, MemoryCursors([self.outcomes, self.controls]), FLOW)
         self.app.agent(self.source, name="breaker")(self._process)
         self.app.timer(settings.breaker_tick_seconds)(self._tick)
 
@@ -129,6 +133,8 @@ class BreakerService:
         async for event in stream.events():
             msg = event.message
             record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            if await self.cursors.step(msg.topic, msg.partition, msg.offset) is not Step.APPLY:
+                continue  # delivered again, or past a hole being re-read
             try:
                 if msg.topic == self.controls:
                     await self._on_control(
@@ -140,8 +146,9 @@ class BreakerService:
                 # Poison never changes state; raising would only ack it silently.
                 await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
                 self.dlq.poisoned(record)
-                continue
-            self.dlq.ok(record)
+            else:
+                self.dlq.ok(record)
+            self.cursors.advance(msg.topic, msg.partition, msg.offset)
 
     def _bounds(self) -> Any:
         return self.settings.event_time_bounds

@@ -99,6 +99,12 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
                 return False
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
+    async def committed(self, tp: TP) -> int | None:
+        """The group's committed offset of ``tp`` (None: nothing committed yet)."""
+        thread: Any = self._thread  # Faust's aiokafka consumer thread
+        offset = await thread.call_thread(thread._ensure_consumer().committed, tp)
+        return None if offset is None else int(offset)
+
 
 class ChangelogFirstTransport(faust_aiokafka.Transport):
     Consumer = ChangelogFirstConsumer

@@ -1,4 +1,4 @@
-"""Input cursors: the next source offset a table's state expects, kept in the table.
+"""Input cursors: the next source offset an agent's state expects, per partition.
 
 Faust delivers at least once, but not without holes. After a rebalance (a
 restarted worker, for one) it resumes fetching a partition before seeking it
@@ -8,36 +8,42 @@ ones (``min(acked) - committed > 1`` lets a one-offset hole through). Seen in
 the SIGKILL test: a restarted worker skipped offsets 585-624 of one partition
 and committed 1050.
 
-So every table that aggregates a source topic also stores, per source
-partition, a cursor: the offset of the next event it will apply. It is
-written after the event's own updates, to the same changelog partition, so a
-restored cursor never claims an event whose updates were lost. An event is
+So an agent asks its cursors about every event before applying it. An event is
 
-- applied when its offset is the cursor (or, with no cursor yet, the
-  partition's earliest offset: nothing was ever committed for it, see below);
+- applied when its offset is the cursor (the offset of the next event the
+  state expects; without one, where the partition starts for this app);
 - a replay, skipped, when it is below the cursor;
 - beyond a hole when it is above the cursor: it is not applied, and the
   consumer is sought back to the cursor (again every ``retry_seconds`` while
   the cursor does not move), so events are applied strictly in offset order.
 
-Offsets are committed only up to the cursor (``commit_limit``; a partition
-without a cursor is not committed), and the changelog barrier in
-``processors.faust_app`` makes the cursor durable before such a commit. A
-restarted worker therefore resumes at or below its restored cursor.
+Offsets are committed only up to the cursor (``commit_limit``, installed through
+``processors.faust_app.limit_commits``; nothing is committed for a partition
+without a cursor). Where the cursor lives is the store's business:
+
+- ``TableCursors``: in the agent's changelog-backed table (one key per source
+  partition), written after the event's own updates to the same changelog
+  partition, so a restored cursor never claims an event whose updates were
+  lost. Exact state across crashes (the prompt rollups).
+- ``MemoryCursors``: in the process, started at the group's committed offset
+  for each assignment. Hole-free, in-order delivery while the worker runs; a
+  restart replays from the committed offset as before (the breaker, whose
+  window counts are coalesced anyway).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TP
 
 from processors import metrics
+from processors.faust_app import limit_commits
 
 log = logging.getLogger(__name__)
 _PREFIX = "#cursor|"  # cannot collide with prompt names (they start alphanumeric)
@@ -64,37 +70,98 @@ def step(cursor: int, offset: int) -> Step:
     return Step.REPLAY if offset < cursor else Step.HOLE
 
 
+class CursorStore(Protocol):
+    topics: frozenset[str]
+
+    def get(self, tp: TP) -> int | None: ...
+
+    def set(self, tp: TP, cursor: int) -> None: ...
+
+    def forget(self, tps: Iterable[TP]) -> None: ...
+
+    async def start(self, consumer: Any, tp: TP) -> int:
+        """Where ``tp`` starts when it has no cursor."""
+        ...
+
+
+class TableCursors:
+    """Cursors kept in each source topic's changelog-backed table."""
+
+    def __init__(self, tables: Mapping[str, Any]) -> None:
+        self.tables = tables
+        self.topics = frozenset(tables)
+
+    def get(self, tp: TP) -> int | None:
+        value = self.tables[tp.topic].get(cursor_key(tp.partition))
+        return int(value) if value is not None else None
+
+    def set(self, tp: TP, cursor: int) -> None:
+        self.tables[tp.topic][cursor_key(tp.partition)] = cursor
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Nothing: a table is restored from its changelog on assignment."""
+
+    async def start(self, consumer: Any, tp: TP) -> int:
+        # No cursor means nothing was ever committed (commits stop at the cursor).
+        earliest = await consumer.earliest_offsets(tp)
+        return int(earliest.get(tp) or 0)
+
+
+class MemoryCursors:
+    """Cursors kept in the process, for the current assignment only."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self._cursors: dict[TP, int] = {}
+
+    def get(self, tp: TP) -> int | None:
+        return self._cursors.get(tp)
+
+    def set(self, tp: TP, cursor: int) -> None:
+        self._cursors[tp] = cursor
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._cursors.pop(tp, None)
+
+    async def start(self, consumer: Any, tp: TP) -> int:
+        committed = await consumer.committed(tp)
+        if committed is not None:
+            return int(committed)
+        earliest = await consumer.earliest_offsets(tp)
+        return int(earliest.get(tp) or 0)
+
+
 class InputCursors:
-    """Cursors of the source topics of one Faust app, one table per topic."""
+    """The cursors of an app's source topics: classify events, repair holes, limit commits."""
 
     def __init__(
         self,
         app: faust.App,
-        tables: Mapping[str, Any],
+        store: CursorStore,
         flow: str,
         *,
         retry_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
-        self.tables = tables
+        self.store = store
         self.flow = flow
         self.retry_seconds = retry_seconds
         self.clock = clock
-        self._earliest: dict[TP, int] = {}
         # Partition with a hole -> (cursor it waits for, when it last sought back).
         self._holes: dict[TP, tuple[int, float]] = {}
-
-    def cursor(self, topic: str, partition: int) -> int | None:
-        value = self.tables[topic].get(cursor_key(partition))
-        return int(value) if value is not None else None
+        limit_commits(app, self.commit_limit)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.timer(retry_seconds)(self.repair_holes)
 
     async def step(self, topic: str, partition: int, offset: int) -> Step:
         """Classify an event; on a hole, seek back to the cursor (at most every retry)."""
         tp = TP(topic, partition)
-        cursor = self.cursor(topic, partition)
+        cursor = self.store.get(tp)
         if cursor is None:
-            cursor = await self._earliest_offset(tp)
+            cursor = await self.store.start(self.app.consumer, tp)
+            self.store.set(tp, cursor)
         verdict = step(cursor, offset)
         if verdict is Step.HOLE:
             waiting = self._holes.get(tp)
@@ -114,20 +181,27 @@ class InputCursors:
         return verdict
 
     def advance(self, topic: str, partition: int, offset: int) -> None:
-        """Record that the event at ``offset`` is applied (after its own table writes)."""
-        self.tables[topic][cursor_key(partition)] = offset + 1
+        """Record that the event at ``offset`` is applied (after its own state writes)."""
+        self.store.set(TP(topic, partition), offset + 1)
 
     def commit_limit(self, tp: TP, offset: int) -> int | None:
         """The offset that may be committed for ``tp`` (None: commit nothing)."""
-        if tp.topic not in self.tables:
+        if tp.topic not in self.store.topics:
             return offset
-        cursor = self.cursor(tp.topic, tp.partition)
+        cursor = self.store.get(tp)
         return None if cursor is None else min(offset, cursor)
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # After the revocation's commit: these partitions may be another worker's now.
+        revoked: list[TP] = list(args[0]) if args else []
+        self.store.forget(revoked)
+        for tp in revoked:
+            self._holes.pop(tp, None)
 
     async def repair_holes(self) -> None:
         """Seek back again where a hole has not closed within ``retry_seconds``."""
         for tp, (cursor, sought_at) in list(self._holes.items()):
-            if self.cursor(tp.topic, tp.partition) not in (None, cursor):
+            if self.store.get(tp) not in (None, cursor):
                 del self._holes[tp]
             elif self.clock() - sought_at >= self.retry_seconds:
                 await self._seek(tp, cursor)
@@ -136,11 +210,14 @@ class InputCursors:
         self._holes[tp] = (cursor, self.clock())
         await self.app.consumer.seek(tp, cursor)
 
-    async def _earliest_offset(self, tp: TP) -> int:
-        if tp not in self._earliest:
-            earliest = await self.app.consumer.earliest_offsets(tp)
-            self._earliest[tp] = int(earliest.get(tp) or 0)
-        return self._earliest[tp]
 
-
-__all__ = ["InputCursors", "Step", "cursor_key", "is_cursor_key", "step"]
+__all__ = [
+    "CursorStore",
+    "InputCursors",
+    "MemoryCursors",
+    "Step",
+    "TableCursors",
+    "cursor_key",
+    "is_cursor_key",
+    "step",
+]

@@ -36,8 +36,8 @@ from aiokafka import TopicPartition
 from processors import kafka, metrics
 from processors.codec import PoisonEvent, decode, encode
 from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from processors.faust_app import FaustProducer, create_app, limit_commits
-from processors.input_cursor import InputCursors, Step, is_cursor_key
+from processors.faust_app import FaustProducer, create_app
+from processors.input_cursor import InputCursors, Step, TableCursors, is_cursor_key
 from processors.prompt_registry import PromptState, fold
 from processors.prompt_rollup import Partial, partial_key, window_start
 from processors.settings import Settings
@@ -128,8 +128,7 @@ class PromptsService:
                 "partials_feedback", default=None, partitions=3
             ),
         }
-        self.cursors = InputCursors(self.app, self.sources, FLOW)
-        limit_commits(self.app, self.cursors.commit_limit)
+        self.cursors = InputCursors(self.app, TableCursors(self.sources), FLOW)
         self.perf_topic = settings.topic(PROMPT_PERFORMANCE)
         self.dlq = DeadLetterPublisher(
             FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
@@ -144,7 +143,6 @@ class PromptsService:
         self.app.agent(outcomes, name="prompt-outcomes")(self._process)
         self.app.agent(feedback, name="prompt-feedback")(self._process)
         self.app.timer(1.0)(self._emit_idle_windows)
-        self.app.timer(1.0)(self.cursors.repair_holes)
         self.app.task(self._materialize_registry)
 
     # --- agents -------------------------------------------------------------------------

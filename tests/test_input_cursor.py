@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,12 +11,23 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.input_cursor import InputCursors, Step, cursor_key, is_cursor_key, step
+from processors.faust_app import ChangelogFirstTransport
+from processors.input_cursor import (
+    CursorStore,
+    InputCursors,
+    MemoryCursors,
+    Step,
+    TableCursors,
+    cursor_key,
+    is_cursor_key,
+    step,
+)
 
 
 class _FakeConsumer:
-    def __init__(self, earliest: int = 0) -> None:
+    def __init__(self, earliest: int = 0, committed: int | None = None) -> None:
         self.earliest = earliest
+        self.committed_offset = committed
         self.seeks: list[tuple[TP, int]] = []
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -23,6 +35,9 @@ class _FakeConsumer:
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest for tp in tps}
+
+    async def committed(self, tp: TP) -> int | None:
+        return self.committed_offset
 
 
 class _Clock:
@@ -32,12 +47,29 @@ class _Clock:
         return self.now
 
 
-def _cursors(earliest: int = 0) -> tuple[InputCursors, _FakeConsumer, dict[str, Any], _Clock]:
-    consumer = _FakeConsumer(earliest)
+class _FakeApp:
+    """What InputCursors uses of a Faust app: consumer, revoke signal, timer, transport."""
+
+    def __init__(self, consumer: _FakeConsumer) -> None:
+        self.consumer = consumer
+        self.revoked: list[Callable[..., Awaitable[None]]] = []
+        self.timers: list[Callable[[], Awaitable[None]]] = []
+        self.transport = ChangelogFirstTransport.__new__(ChangelogFirstTransport)
+        self.on_partitions_revoked = SimpleNamespace(connect=self.revoked.append)
+
+    def timer(self, seconds: float) -> Callable[[Any], Any]:
+        return self.timers.append
+
+
+def _cursors(
+    earliest: int = 0, *, store: CursorStore | None = None, committed: int | None = None
+) -> tuple[InputCursors, _FakeConsumer, dict[str, Any], _Clock]:
+    consumer = _FakeConsumer(earliest, committed)
     table: dict[str, Any] = {}
     clock = _Clock()
-    app: Any = SimpleNamespace(consumer=consumer)
-    return InputCursors(app, {"src": table}, "test", clock=clock), consumer, table, clock
+    app: Any = _FakeApp(consumer)
+    cursors = InputCursors(app, store or TableCursors({"src": table}), "test", clock=clock)
+    return cursors, consumer, table, clock
 
 
 async def _deliver(cursors: InputCursors, offsets: list[int]) -> list[int]:
@@ -94,6 +126,33 @@ async def test_commits_stop_at_the_cursor() -> None:
     assert cursors.commit_limit(TP("src", 0), 6) == 3  # 5 was acknowledged, not applied
     assert cursors.commit_limit(TP("src", 0), 2) == 2
     assert cursors.commit_limit(TP("other", 0), 9) == 9  # not a cursor topic
+
+
+async def test_commit_limit_is_installed_on_the_transport() -> None:
+    cursors, _, _, _ = _cursors()
+    app: Any = cursors.app
+    assert app.transport.commit_limit == cursors.commit_limit
+    assert app.timers == [cursors.repair_holes]
+
+
+async def test_memory_cursors_start_at_the_committed_offset_and_forget_on_revoke() -> None:
+    cursors, consumer, _, _ = _cursors(earliest=0, committed=50, store=MemoryCursors(["src"]))
+    assert await _deliver(cursors, [49, 50, 52]) == [50]  # 49 was committed already
+    assert consumer.seeks == [(TP("src", 0), 51)]
+    assert cursors.commit_limit(TP("src", 0), 53) == 51
+    app: Any = cursors.app
+    (on_revoked,) = app.revoked
+    await on_revoked(app, {TP("src", 0)})
+    assert cursors.commit_limit(TP("src", 0), 53) is None  # another worker's now
+    await cursors.repair_holes()
+    assert len(consumer.seeks) == 1  # the revoked hole is not repaired here
+    consumer.committed_offset = 60
+    assert await _deliver(cursors, [60]) == [60]
+
+
+async def test_memory_cursors_without_a_commit_start_at_the_earliest_offset() -> None:
+    cursors, _, _, _ = _cursors(earliest=7, store=MemoryCursors(["src"]))
+    assert await _deliver(cursors, [7, 8]) == [7, 8]
 
 
 @given(
