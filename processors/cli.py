@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -85,15 +86,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from processors.usage_sink import UsageSink
 
     settings = _settings()
+    if args.flow == "all":
+        from processors import workers
+
+        passed = {k: v for k, v in os.environ.items() if k.startswith("LLMPULSE_")}
+        return workers.run_all(_with_services(settings), passed)
+    port = serve(settings.metrics_port)
+    logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
+    _scraped_by_local_prometheus(settings, args.flow, port)
     if args.flow in ("breaker", "prompts"):
         from processors import breaker_agent, prompts_agent
 
-        serve(settings.metrics_port)
         runner = breaker_agent.run_worker if args.flow == "breaker" else prompts_agent.run_worker
         runner(_with_services(settings))
         return EXIT_OK
-    port = serve(settings.metrics_port)
-    logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
     client = connect(settings)
     sinks: list[ClickHouseSink[Any]] = [
         UsageSink(settings, client, max_rows=args.batch_rows, max_seconds=args.batch_seconds),
@@ -106,6 +112,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await asyncio.gather(*(sink.run(stop) for sink in sinks))
 
     return asyncio.run(_run_until_signal(run_all))
+
+
+def _scraped_by_local_prometheus(settings: Settings, flow: str, port: int) -> None:
+    """List this worker's /metrics in the local stack's Prometheus targets until it exits."""
+    import atexit
+
+    from processors import stack
+
+    target = f"127.0.0.1:{port}"
+    stack.register_scrape_target(settings, flow, target, labels={"pid": str(os.getpid())})
+    atexit.register(stack.unregister_scrape_target, settings, target)
 
 
 async def _run_until_signal(run: Callable[[asyncio.Event], object]) -> int:
@@ -465,11 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a processor until SIGINT/SIGTERM")
     p.add_argument(
         "flow",
-        choices=worker_flows(),
+        choices=(*worker_flows(), "all"),
         help="sink: every flow into ClickHouse (usage_events, breaker_transitions, "
         "prompt_versions, prompt_performance); breaker: fleet-wide circuit breaker (Faust) -> "
         "Redis and llm.breaker-state.v1; prompts: windowed prompt rollups (Faust) and the "
-        "registry view in Redis",
+        "registry view in Redis; all: the three as child processes (logs in the state "
+        "folder; with LLMPULSE_METRICS_PORT=P they serve metrics on P, P+1, P+2). Each "
+        "worker adds its /metrics to the local stack's Prometheus targets",
     )
     p.add_argument("--batch-rows", type=_positive_int, default=None, help="max rows per insert")
     p.add_argument(
@@ -548,7 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def worker_flows() -> tuple[str, ...]:
     """The processors ``llmpulse worker`` can run (docker-compose has one service each)."""
-    return ("sink", "breaker", "prompts")
+    from processors.workers import FLOWS
+
+    return FLOWS
 
 
 def _positive_int(text: str) -> int:

@@ -7,16 +7,20 @@
    (fleet-wide breaker view, failover, probe permits, sticky prompt A/B
    selection, lossless emitter) with a scripted outage of the preferred
    provider, plus invalid events for the DLQ;
-4. the breaker timeline, outage ledger, failovers, availability and the cost
+4. the breaker timeline, outage ledger, failovers, availability, what
+   Prometheus scraped from the workers, the A/B verdict and the cost
    allocation report (table on screen, CSV on disk).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -67,6 +71,7 @@ async def run_demo(
 
     _say("==> starting the local stack (Kafka, Redis, Prometheus)")
     ep = stack.up(settings, progress=lambda m: _say(f"    {m}"))
+    local_prometheus = settings.prometheus_url is None  # reads the workers' targets file
     settings = stack.with_endpoints(settings, ep)
     _say("==> creating topics")
     created = await create_topics(settings)
@@ -148,6 +153,7 @@ async def run_demo(
     _print_timeline(client, period_start, period_end)
     _print_ledger(client, period)
     _print_availability(stats)
+    scraped = await _print_prometheus(settings, period_start, period_end)
     await _print_ab_verdict(settings, client, period_start, period_end)
     report = billing.cost_report(
         client, period_start, period_end, default_rate=settings.chargeback_default_rate
@@ -163,6 +169,7 @@ async def run_demo(
         u.inserted + u.duplicates + u.conflicts == expected_outcomes
         and u.dead_lettered == len(invalid)
         and report.grand_total("requests") == u.inserted
+        and (scraped or not local_prometheus)
     )
     _say(
         f"==> {'done' if ok else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s: "
@@ -283,6 +290,46 @@ async def _print_ab_verdict(
     _say()
     _say("A/B test (from ClickHouse prompt_performance, built-in: v2 rejects less, scores higher)")
     _say(render_compare(report))
+
+
+async def _print_prometheus(settings: Settings, start: datetime, end: datetime) -> bool:
+    """What the real Prometheus scraped from the workers during the run (True if any)."""
+    span = f"{max(1, int((end - start).total_seconds()))}s"
+    queries = {
+        "events consumed per worker": f"max_over_time(llmpulse_events_consumed_total[{span}])",
+        "openai breaker state, highest": (
+            f'max_over_time(circuit_breaker_state{{provider="openai"}}[{span}])'
+        ),
+    }
+    _say()
+    _say(f"Prometheus ({settings.prometheus_url}, scraping each worker's /metrics)")
+    found = False
+    for title, query in queries.items():
+        url = f"{settings.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": f"sum by (job, topic, provider) ({query})", "time": end.timestamp()}
+        )
+        try:
+            result = (await asyncio.to_thread(_prometheus_get, url))["data"]["result"]
+        except (OSError, ValueError, KeyError) as exc:
+            _say(f"  {title}: query failed ({exc})")
+            continue
+        for series in result:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(series["metric"].items()))
+            _say(f"  {title} [{labels}]: {float(series['value'][1]):,.0f}")
+            found = True
+        if not result:
+            _say(f"  {title}: no samples")
+    if not found:
+        _say(
+            "  (an external Prometheus scrapes only what it is configured for; the "
+            f"workers list their endpoints in {settings.state_dir / 'prometheus'}/targets.json)"
+        )
+    return found
+
+
+def _prometheus_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local Prometheus
+        return json.loads(response.read())
 
 
 def _print_availability(stats: FleetReport) -> None:

@@ -1,13 +1,19 @@
-"""Worker processes started by the demo and the simulator (real ``llmpulse worker FLOW``)."""
+"""Worker processes (real ``llmpulse worker FLOW``): started by the demo, the simulator
+and ``llmpulse worker all``."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 
 from processors.settings import Settings
+
+#: The processors ``llmpulse worker`` runs (docker-compose has one service each).
+FLOWS = ("sink", "breaker", "prompts")
 
 
 def start_worker(
@@ -45,3 +51,35 @@ def stop_workers(*procs: subprocess.Popen[bytes], timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def run_all(settings: Settings, env: Mapping[str, str], say: Callable[[str], None] = print) -> int:
+    """``llmpulse worker all``: every flow as its own process until SIGINT/SIGTERM.
+
+    With a fixed ``metrics_port`` P the flows serve metrics on P, P+1, P+2 (in
+    ``FLOWS`` order); with 0 each picks a free port. If one worker exits on its
+    own, the others are stopped and the exit code is 1. ``env`` (``LLMPULSE_*``)
+    is passed to every worker.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for i, flow in enumerate(FLOWS):
+            port = settings.metrics_port + i if settings.metrics_port else 0
+            procs[flow] = start_worker(
+                settings, flow, say, **{**env, "LLMPULSE_METRICS_PORT": str(port)}
+            )
+        pids = ", ".join(f"{flow} {p.pid}" for flow, p in procs.items())
+        say(f"==> workers running ({pids}); Ctrl-C or SIGTERM stops them")
+        while not stop.wait(0.5):
+            exited = {flow: p.returncode for flow, p in procs.items() if p.poll() is not None}
+            if exited:
+                flow, code = next(iter(exited.items()))
+                say(f"==> the {flow} worker exited with code {code}; stopping the others")
+                return 1
+        say("==> stopping the workers")
+        return 0
+    finally:
+        stop_workers(*procs.values())
