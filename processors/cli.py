@@ -121,7 +121,8 @@ def _scraped_by_local_prometheus(settings: Settings, flow: str, port: int) -> No
     from processors import stack
 
     target = f"127.0.0.1:{port}"
-    stack.register_scrape_target(settings, flow, target, labels={"pid": str(os.getpid())})
+    labels = {"worker": flow, "pid": str(os.getpid())}  # as in docker-compose's Prometheus
+    stack.register_scrape_target(settings, "llmpulse", target, labels=labels)
     atexit.register(stack.unregister_scrape_target, settings, target)
 
 

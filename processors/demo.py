@@ -306,7 +306,7 @@ async def _print_prometheus(settings: Settings, start: datetime, end: datetime) 
     found = False
     for title, query in queries.items():
         url = f"{settings.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": f"sum by (job, topic, provider) ({query})", "time": end.timestamp()}
+            {"query": f"sum by (worker, topic, provider) ({query})", "time": end.timestamp()}
         )
         try:
             result = (await asyncio.to_thread(_prometheus_get, url))["data"]["result"]

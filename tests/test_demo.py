@@ -36,7 +36,7 @@ def test_demo_runs_and_reports(services: Settings, tmp_path: Path) -> None:
     assert "closed -> open" in out  # the outage opened the breaker
     assert "Outage ledger" in out
     # The real Prometheus scraped the workers: the breaker was open (2) at some point.
-    assert re.search(r"openai breaker state, highest \[job=breaker, provider=openai\]: 2", out)
+    assert re.search(r"openai breaker state, highest \[provider=openai, worker=breaker\]: 2", out)
     assert "Fleet (gateway) report" in out
     assert re.search(r"requests \d+: \d+ succeeded .* 0 failed", out), out[-3000:]
     assert "TOTAL" in out
