@@ -27,14 +27,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 import redis.asyncio as aioredis
 
 from processors import metrics
 from processors.breaker_config import BreakerConfigs
 from processors.codec import PoisonEvent, decode, encode
 from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from processors.faust_app import FaustProducer, create_app
+from processors.faust_app import FaustProducer, create_app, run
 from processors.input_cursor import InputCursors, MemoryCursors, Step
 from processors.settings import Settings
 from schemas import serving
@@ -305,8 +304,7 @@ class BreakerService:
 
 def run_worker(settings: Settings) -> None:
     """Run the breaker agent until SIGINT/SIGTERM (Faust's worker owns the event loop)."""
-    service = BreakerService(settings)
-    faust.Worker(service.app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+    run(BreakerService(settings).app)
 
 
 __all__ = ["BreakerService", "run_worker", "snapshot_of"]

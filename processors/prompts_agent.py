@@ -29,14 +29,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from processors import kafka, metrics
 from processors.codec import PoisonEvent, decode, encode
 from processors.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from processors.faust_app import FaustProducer, create_app
+from processors.faust_app import FaustProducer, changelog_written, create_app, run
 from processors.input_cursor import InputCursors, Step, TableCursors, is_cursor_key
 from processors.prompt_registry import PromptState, fold
 from processors.prompt_rollup import Partial, partial_key, window_start
@@ -284,6 +283,9 @@ class PromptsService:
                 del table[key]
 
     async def _emit(self, p: Partial, topic: str) -> None:
+        # Only durable state leaves the worker: were this partial lost in a crash,
+        # its replayed events could land in a correction as well (counted twice).
+        await changelog_written(self.app)
         rec = performance_record(p, topic)
         await self.app.producer.send_and_wait(
             self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
@@ -357,8 +359,7 @@ class PromptsService:
 
 def run_worker(settings: Settings) -> None:
     """Run the prompts worker until SIGINT/SIGTERM (Faust owns the event loop)."""
-    service = PromptsService(settings)
-    faust.Worker(service.app, loglevel="WARNING", redirect_stdouts=False).execute_from_commandline()
+    run(PromptsService(settings).app)
 
 
 __all__ = ["PromptsService", "performance_record", "registry_view", "run_worker"]

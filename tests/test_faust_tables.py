@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,8 +20,10 @@ from processors.faust_app import (
     changelog_topics,
     create_app,
 )
+from processors.prompt_rollup import Partial
 from processors.prompts_agent import PromptsService
 from processors.settings import Settings
+from schemas.topics import PROMPT_PERFORMANCE
 
 
 def test_every_table_changelog_is_created_up_front(tmp_path: Path) -> None:
@@ -108,3 +112,28 @@ def test_faust_apps_use_the_changelog_first_transport(tmp_path: Path) -> None:
     app = create_app(settings, "prompts")
     assert isinstance(app.producer, AckTrackingProducer)
     assert type(app.transport).Consumer is ChangelogFirstConsumer
+
+
+async def test_a_closed_window_is_published_only_after_its_changelog_writes(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"
+    )
+    service = PromptsService(settings)
+    sent: list[str] = []
+
+    async def send_and_wait(topic: str, *args: Any) -> None:
+        sent.append(topic)
+
+    write = asyncio.get_running_loop().create_future()
+    producer: Any = SimpleNamespace(unacknowledged={write}, send_and_wait=send_and_wait)
+    service.app._producer = producer
+    partial = Partial("greet", 1, 60, int(time.time()) // 60 * 60, 0, first_offset=0)
+    partial.add_feedback(0, Decimal(4))
+    publish = asyncio.create_task(service._emit(partial, "llm.feedback.v1"))
+    await asyncio.sleep(0.05)
+    assert sent == []  # the partial's own changelog write is not acknowledged yet
+    write.set_result("metadata")
+    await publish
+    assert sent == [settings.topic(PROMPT_PERFORMANCE)]
