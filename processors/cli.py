@@ -86,11 +86,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from processors.usage_sink import UsageSink
 
     settings = _settings()
+    batching = [
+        f"--{name.replace('_', '-')}={value}"
+        for name in ("batch_rows", "batch_seconds")
+        if (value := getattr(args, name)) is not None
+    ]
+    if batching and args.flow not in ("sink", "all"):
+        raise UsageError("--batch-rows and --batch-seconds apply to the sink worker only")
     if args.flow == "all":
         from processors import workers
 
         passed = {k: v for k, v in os.environ.items() if k.startswith("LLMPULSE_")}
-        return workers.run_all(_with_services(settings), passed)
+        return workers.run_all(_with_services(settings), passed, sink_args=batching)
     port = serve(settings.metrics_port)
     logging.getLogger(__name__).info("metrics on 127.0.0.1:%d/metrics", port)
     _scraped_by_local_prometheus(settings, args.flow, port)

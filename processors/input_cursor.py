@@ -208,7 +208,12 @@ class InputCursors:
 
     async def _seek(self, tp: TP, cursor: int) -> None:
         self._holes[tp] = (cursor, self.clock())
-        await self.app.consumer.seek(tp, cursor)
+        try:
+            await self.app.consumer.seek(tp, cursor)
+        except Exception as exc:  # e.g. revoked meanwhile: retried, or forgotten on revoke
+            log.warning(
+                "seek %s[%d] to %d failed (retried): %s", tp.topic, tp.partition, cursor, exc
+            )
 
 
 __all__ = [

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from processors.settings import Settings
 
@@ -17,7 +17,12 @@ FLOWS = ("sink", "breaker", "prompts")
 
 
 def start_worker(
-    settings: Settings, flow: str, say: Callable[[str], None] = print, **extra_env: str
+    settings: Settings,
+    flow: str,
+    say: Callable[[str], None] = print,
+    *,
+    args: Sequence[str] = (),
+    **extra_env: str,
 ) -> subprocess.Popen[bytes]:
     """Start ``llmpulse worker FLOW`` on ``settings``' services; its log goes to the state dir."""
     env = settings.child_env(**extra_env)
@@ -25,7 +30,7 @@ def start_worker(
     log.parent.mkdir(parents=True, exist_ok=True)
     say(f"==> starting the {flow} worker (log: {log})")
     return subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", flow],
+        [sys.executable, "-m", "processors.cli", "worker", flow, *args],
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -53,13 +58,19 @@ def stop_workers(*procs: subprocess.Popen[bytes], timeout: float = 20) -> None:
             p.wait()
 
 
-def run_all(settings: Settings, env: Mapping[str, str], say: Callable[[str], None] = print) -> int:
+def run_all(
+    settings: Settings,
+    env: Mapping[str, str],
+    say: Callable[[str], None] = print,
+    *,
+    sink_args: Sequence[str] = (),
+) -> int:
     """``llmpulse worker all``: every flow as its own process until SIGINT/SIGTERM.
 
     With a fixed ``metrics_port`` P the flows serve metrics on P, P+1, P+2 (in
     ``FLOWS`` order); with 0 each picks a free port. If one worker exits on its
     own, the others are stopped and the exit code is 1. ``env`` (``LLMPULSE_*``)
-    is passed to every worker.
+    is passed to every worker, ``sink_args`` (batch options) to the sink.
     """
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,7 +80,11 @@ def run_all(settings: Settings, env: Mapping[str, str], say: Callable[[str], Non
         for i, flow in enumerate(FLOWS):
             port = settings.metrics_port + i if settings.metrics_port else 0
             procs[flow] = start_worker(
-                settings, flow, say, **{**env, "LLMPULSE_METRICS_PORT": str(port)}
+                settings,
+                flow,
+                say,
+                args=sink_args if flow == "sink" else (),
+                **{**env, "LLMPULSE_METRICS_PORT": str(port)},
             )
         pids = ", ".join(f"{flow} {p.pid}" for flow, p in procs.items())
         say(f"==> workers running ({pids}); Ctrl-C or SIGTERM stops them")

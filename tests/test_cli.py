@@ -90,6 +90,7 @@ def test_help_exits_zero(args: list[str]) -> None:
         (["simulate", "--rate-limit", "mistral:1-5"], "unknown provider"),
         (["simulate", "--error-rate", "openai:1.5"], "RATE must be between 0 and 1"),
         (["simulate", "--error-rate", "openai:lots"], "expected PROVIDER:RATE"),
+        (["worker", "breaker", "--batch-rows", "10"], "apply to the sink worker only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

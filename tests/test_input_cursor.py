@@ -29,9 +29,12 @@ class _FakeConsumer:
         self.earliest = earliest
         self.committed_offset = committed
         self.seeks: list[tuple[TP, int]] = []
+        self.refuse_seeks = False
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
+        if self.refuse_seeks:
+            raise RuntimeError("No current assignment for partition")
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest for tp in tps}
@@ -111,6 +114,16 @@ async def test_a_hole_that_stays_open_is_sought_again_every_retry() -> None:
     clock.now += 5.0
     await cursors.repair_holes()
     assert len(consumer.seeks) == 2  # closed: nothing more to repair
+
+
+async def test_a_failed_seek_leaves_the_hole_to_be_repaired() -> None:
+    cursors, consumer, _, clock = _cursors()
+    consumer.refuse_seeks = True
+    assert await _deliver(cursors, [0, 3]) == [0]  # no exception into the agent
+    consumer.refuse_seeks = False
+    clock.now += 1.0
+    await cursors.repair_holes()
+    assert consumer.seeks == [(TP("src", 0), 1)] * 2
 
 
 async def test_without_a_cursor_the_first_event_must_be_the_earliest_offset() -> None:

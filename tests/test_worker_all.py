@@ -22,12 +22,14 @@ from tests.harness import wait_for
 pytestmark = pytest.mark.integration
 
 
-def _start(settings: Settings, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(
+    settings: Settings, tmp_path: Path, name: str, *args: str
+) -> tuple[subprocess.Popen[bytes], Path]:
     # Same state folder as the session's Prometheus (its scrape targets), own chDB.
     env = settings.child_env(LLMPULSE_CLICKHOUSE_DSN=f"chdb://{tmp_path / name / 'chdb'}")
     out = tmp_path / f"{name}.out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", "all"],
+        [sys.executable, "-m", "processors.cli", "worker", "all", *args],
         env=env,
         stdout=out.open("wb"),
         stderr=subprocess.STDOUT,
@@ -56,6 +58,10 @@ def _up(settings: Settings, pid: int) -> str | None:
     return str(result[0]["value"][1]) if result else None
 
 
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -67,10 +73,11 @@ def _alive(pid: int) -> bool:
 async def test_worker_all_runs_each_flow_and_stops_them_together(
     settings: Settings, tmp_path: Path
 ) -> None:
-    proc, out = _start(settings, tmp_path, "graceful")
+    proc, out = _start(settings, tmp_path, "graceful", "--batch-rows", "500")
     try:
         pids = await _pids(out)
         assert set(pids) == {"sink", "breaker", "prompts"}
+        assert "--batch-rows=500" in _cmdline(pids["sink"])  # batch options go to the sink
         # Each worker listed its /metrics for the local Prometheus, which scrapes it.
         for flow, pid in pids.items():
             deadline = time.monotonic() + 40
