@@ -6,7 +6,10 @@ provider to Redis (``schemas.serving.breaker_key``) and announces it on
 announcements as they come (only newer versions, like the Redis script), and
 re-reads every key at least every ``snapshot_refresh_seconds`` (a missed
 announcement is repaired within that time). A provider without a key has never
-left ``closed``.
+left ``closed``. A model the breaker worker runs a breaker of its own for
+(``serving.model_breakers_key``, ``provider/model`` in its configuration) is
+routed, probed and fed to the local fallback by that breaker; every other model
+by its provider's.
 
 Local fallback: every outcome this instance observes also feeds an in-process
 ``BreakerCore`` with the same rules as the agent (``schemas.breaker``). The
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -119,6 +123,7 @@ class BreakerView:
         self._counters: dict[tuple[str, Source], Any] = {}
         self._agent_seen: float | None = None
         self._last_heartbeat: bytes | None = None
+        self._model_keys: frozenset[str] = frozenset()
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,10 +143,21 @@ class BreakerView:
         self._tasks = []
 
     # --- decisions -------------------------------------------------------------------
-    def route(self, provider: str) -> Route:
-        """How ``provider`` may be called now (pure in-memory; no I/O)."""
-        route = self._route(provider)
-        self._count(provider, route.source)
+    def breaker_key(self, provider: str, model: str | None = None) -> str:
+        """The breaker that decides for ``model`` of ``provider``: its own, if the breaker
+        worker runs one (``serving.model_breakers_key``), else the provider's."""
+        if model is not None and f"{provider}/{model}" in self._model_keys:
+            return f"{provider}/{model}"
+        return provider
+
+    def route(self, provider: str, model: str | None = None) -> Route:
+        """How ``model`` of ``provider`` may be called now (pure in-memory; no I/O).
+
+        ``Route.provider`` is the breaker key (``provider`` or ``provider/model``).
+        """
+        key = self.breaker_key(provider, model)
+        route = self._route(key)
+        self._count(key, route.source)
         return route
 
     def _route(self, provider: str) -> Route:
@@ -213,11 +229,12 @@ class BreakerView:
             log.warning("probe permit for %s not released (redis): %s", route.provider, exc)
 
     def record(self, outcome: LLMOutcome) -> None:
-        """Feed one of this instance's outcomes to the local breaker."""
-        core = self._local_core(outcome.provider)
+        """Feed one of this instance's outcomes to the local breaker it belongs to."""
+        key = self.breaker_key(outcome.provider, outcome.model)
+        core = self._local_core(key)
         core.record(classify(outcome, core.config), self._wall())
         if outcome.is_probe:
-            self._local_probe.discard(outcome.provider)
+            self._local_probe.discard(key)
 
     def health(self) -> list[ProviderHealth]:
         """Current view of every known provider."""
@@ -268,9 +285,11 @@ class BreakerView:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(serving.heartbeat_key(self._config.topic_prefix))
-                for p in self._providers:
-                    pipe.hget(serving.breaker_key(self._config.topic_prefix, p), "snapshot")
-                heartbeat, *raws = await pipe.execute()
+                pipe.get(serving.model_breakers_key(self._config.topic_prefix))
+                keys = list(self._providers)
+                for key in keys:
+                    pipe.hget(serving.breaker_key(self._config.topic_prefix, key), "snapshot")
+                heartbeat, model_keys, *raws = await pipe.execute()
         except _REDIS_ERRORS as exc:
             if not self._redis_down_logged:
                 log.warning("breaker view: redis unavailable, local breakers decide: %s", exc)
@@ -286,14 +305,34 @@ class BreakerView:
         if heartbeat is not None and heartbeat != self._last_heartbeat:
             self._agent_seen = now
         self._last_heartbeat = heartbeat
-        for provider, raw in zip(self._providers, raws, strict=True):
+        for key, raw in zip(keys, raws, strict=True):
             if raw is None:
-                self._confirmed[provider] = now  # never transitioned: closed
+                self._confirmed[key] = now  # never transitioned: closed
                 continue
             snap = self._parse(raw)
             if snap is not None:
                 self._store(snap)
+        if self._follow_model_keys(model_keys):
+            return await self.refresh()  # read the newly followed breakers now
         return True
+
+    def _follow_model_keys(self, raw: bytes | str | None) -> bool:
+        """Take the worker's list of per-model breakers; True if one is new to this view."""
+        if raw is None:
+            return False
+        try:
+            listed = json.loads(raw)
+            keys = frozenset(str(k) for k in listed if isinstance(k, str))
+        except (ValueError, TypeError):
+            log.warning("breaker view: unreadable list of per-model breakers: %r", raw)
+            return False
+        # Only models of providers this instance calls.
+        keys = frozenset(k for k in keys if k.split("/", 1)[0] in self._local)
+        new = keys - self._model_keys
+        self._model_keys = keys
+        for key in new:
+            self._local_core(key)  # followed from now on
+        return bool(new)
 
     def _parse(self, raw: bytes | str) -> BreakerSnapshot | None:
         try:

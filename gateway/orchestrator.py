@@ -258,10 +258,12 @@ class ProviderOrchestrator:
         return [p for _, _, p in keyed]
 
     def health(self) -> list[tuple[ProviderHealth, float]]:
-        """Every provider's breaker view and the seconds left of its Retry-After cooldown."""
+        """Every breaker's view (per provider, and per model where the worker runs one)
+        and the seconds left of its provider's Retry-After cooldown."""
         now = self._mono()
         return [
-            (h, max(0.0, self._not_before.get(h.provider, now) - now)) for h in self.view.health()
+            (h, max(0.0, self._not_before.get(h.provider.split("/")[0], now) - now))
+            for h in self.view.health()
         ]
 
     # --- one attempt ----------------------------------------------------------------------
@@ -269,7 +271,7 @@ class ProviderOrchestrator:
         """Attempt ``provider`` if it may be called; None if skipped or failed over."""
         if self._not_before.get(provider.name, 0.0) > self._mono():
             return None
-        route = self.view.route(provider.name)
+        route = self.view.route(provider.name, provider.model_for(req.call.operation))
         if not route.allowed:
             return None
         holder = str(req.request_id)

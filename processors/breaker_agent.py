@@ -20,6 +20,7 @@ snapshot to Redis, so Redis recovers from restarts or outages on its own.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -282,13 +283,22 @@ class BreakerService:
             )
 
     async def _heartbeat(self, now: datetime) -> None:
-        """Tell readers this worker is alive (their views go stale without it)."""
+        """Tell readers this worker is alive (their views go stale without it), and which
+        models have breakers of their own."""
+        prefix = self.settings.topic_prefix
         try:
-            await self.redis.set(
-                serving.heartbeat_key(self.settings.topic_prefix),
-                int(now.timestamp() * 1000),
-                px=serving.HEARTBEAT_TTL_MS,
-            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(
+                    serving.heartbeat_key(prefix),
+                    int(now.timestamp() * 1000),
+                    px=serving.HEARTBEAT_TTL_MS,
+                )
+                pipe.set(
+                    serving.model_breakers_key(prefix),
+                    json.dumps(self.configs.model_keys()),
+                    px=serving.HEARTBEAT_TTL_MS,
+                )
+                await pipe.execute()
         except (aioredis.RedisError, OSError) as exc:
             log.debug("redis unavailable, heartbeat skipped: %s", exc)
 

@@ -57,6 +57,10 @@ class BreakerConfigs:
         per_model = f"{provider}/{model}"
         return per_model if per_model in self.by_key else provider
 
+    def model_keys(self) -> list[str]:
+        """The ``provider/model`` keys configured with a breaker of their own."""
+        return sorted(key for key in self.by_key if "/" in key)
+
     def config_for(self, key: str) -> BreakerConfig:
         return self.by_key.get(key, self.default)
 

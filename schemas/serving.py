@@ -77,6 +77,16 @@ def heartbeat_key(prefix: str) -> str:
     return f"{prefix}llmpulse:breaker-heartbeat"
 
 
+def model_breakers_key(prefix: str) -> str:
+    """JSON list of the ``provider/model`` keys that have a breaker of their own.
+
+    Rewritten by the breaker worker with its heartbeat. An outcome feeds exactly
+    one breaker (``processors.breaker_config.BreakerConfigs.key_for``), so a model
+    listed here is routed by its own breaker, every other one by its provider's.
+    """
+    return f"{prefix}llmpulse:breaker-model-keys"
+
+
 def breaker_channel(prefix: str) -> str:
     return f"{prefix}llmpulse:breaker-updates"
 

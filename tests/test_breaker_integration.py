@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from clickhouse_connect.driver.client import Client
 
+from gateway.breaker_view import BreakerView, Source
 from processors import kafka, stack
 from processors.breaker_transitions_sink import BreakerTransitionsSink
 from processors.clickhouse import run_query
@@ -28,6 +29,7 @@ from processors.settings import Settings
 from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
 from schemas.events import BreakerSnapshot, BreakerState
 from schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
+from simulator.run import gateway_config
 from tests.harness import read_all, wait_for, with_unique_topics
 
 pytestmark = pytest.mark.integration
@@ -44,6 +46,7 @@ default:
   half_open_probes: 2
 providers:
   prov-kill: {open_seconds: 120, open_max_seconds: 120}
+  prov-model/m2: {consecutive_failures: 2, open_seconds: 60, open_max_seconds: 60}
 """
 
 
@@ -120,6 +123,7 @@ def outcome(
     at: datetime | None = None,
     probe: bool = False,
     request_id: uuid.UUID | None = None,
+    model: str = "m1",
 ) -> LLMOutcome:
     return LLMOutcome(
         event_id=uuid.uuid4(),
@@ -128,7 +132,7 @@ def outcome(
         org_id="acme",
         operation=Operation.completion,
         provider=provider,
-        model="m1",
+        model=model,
         status=OutcomeStatus.success if ok else OutcomeStatus.failure,
         error_class=None if ok else ErrorClass.server_error,
         http_status=200 if ok else 503,
@@ -405,3 +409,30 @@ async def test_prometheus_scrapes_the_breaker_state(worker: Worker, topics: Sett
                 break
         await asyncio.sleep(0.5)
     assert value == "2"
+
+
+async def test_the_gateway_follows_a_per_model_breaker(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    """prov-model/m2 has its own breaker: it opens on m2's failures, m1 stays routed."""
+    key = serving.model_breakers_key(topics.topic_prefix)
+    deadline = time.monotonic() + 20
+    while (listed := await rds.get(key)) is None:  # written with the worker's heartbeat
+        assert time.monotonic() < deadline, "no list of per-model breakers"
+        await asyncio.sleep(0.1)
+    assert json.loads(listed) == ["prov-model/m2"]
+    view = BreakerView(rds, gateway_config(topics), ["prov-model"])
+    await view.start()
+    try:
+        assert view.route("prov-model", "m2").provider == "prov-model/m2"
+        await send(topics, *(outcome("prov-model", False, model="m2") for _ in range(2)))
+        deadline = time.monotonic() + 20
+        while view.route("prov-model", "m2").state is not BreakerState.open:
+            assert time.monotonic() < deadline, "m2's breaker did not open"
+            await asyncio.sleep(0.1)
+        assert view.route("prov-model", "m2").source is Source.shared
+        assert not view.route("prov-model", "m2").allowed
+        m1 = view.route("prov-model", "m1")  # the provider's breaker: m2 never fed it
+        assert (m1.provider, m1.state, m1.allowed) == ("prov-model", BreakerState.closed, True)
+    finally:
+        await view.close()

@@ -213,6 +213,36 @@ async def test_open_shared_breaker_is_skipped_and_older_snapshots_are_ignored() 
     assert view.route("a").state is BreakerState.open
 
 
+async def test_a_model_with_its_own_breaker_is_routed_by_it() -> None:
+    a, b = FakeProvider("a"), FakeProvider("b")
+    orch, view, _, clock = _setup(a, b)
+    # The worker's list (serving.model_breakers_key): a's model has its own breaker;
+    # zz is not a provider of this instance, so its model is not followed.
+    assert view._follow_model_keys(b'["a/a-model", "zz/m"]')
+    assert view.breaker_key("a", "a-model") == "a/a-model"
+    assert view.breaker_key("a", "other") == "a"
+    assert {h.provider for h in view.health()} == {"a", "b", "a/a-model"}
+    view._confirmed["a/a-model"] = clock.mono()
+    view.apply(_snapshot("a", BreakerState.open, 1))  # the provider's breaker...
+    assert (await orch.execute(CALL)).provider == "a"  # ...does not decide for a-model
+    view.apply(_snapshot("a/a-model", BreakerState.open, 1))
+    assert (await orch.execute(CALL)).provider == "b"
+    assert a.calls == 1
+
+
+async def test_the_local_fallback_feeds_the_model_s_own_breaker() -> None:
+    a = FakeProvider("a", ProviderError("down", http_status=500))
+    b = FakeProvider("b")
+    orch, view, _, clock = _setup(a, b)
+    view._follow_model_keys(b'["a/a-model"]')
+    clock.t += CONFIG.snapshot_stale_seconds + 0.1  # stale: local breakers decide
+    for _ in range(8):
+        await orch.execute(CALL)
+    assert a.calls == 5  # seed preset: open after 5 consecutive failures
+    assert view.route("a", "a-model").state is BreakerState.open
+    assert view.route("a", "other").state is BreakerState.closed
+
+
 async def test_stale_shared_view_falls_back_to_the_local_breaker() -> None:
     a, b = FakeProvider("a", ProviderError("down", http_status=500)), FakeProvider("b")
     orch, view, _, clock = _setup(a, b)
