@@ -151,6 +151,8 @@ class InputCursors:
         self.clock = clock
         # Partition with a hole -> (cursor it waits for, when it last sought back).
         self._holes: dict[TP, tuple[int, float]] = {}
+        # Partition whose cursor points below its earliest offset -> that offset.
+        self._expired: dict[TP, int] = {}
         limit_commits(app, self.commit_limit)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.timer(retry_seconds)(self.repair_holes)
@@ -161,6 +163,9 @@ class InputCursors:
         cursor = self.store.get(tp)
         if cursor is None:
             cursor = await self.store.start(self.app.consumer, tp)
+            self.store.set(tp, cursor)
+        if cursor < self._expired.get(tp, -1):
+            cursor = self._expired.pop(tp)
             self.store.set(tp, cursor)
         verdict = step(cursor, offset)
         if verdict is Step.HOLE:
@@ -197,14 +202,36 @@ class InputCursors:
         self.store.forget(revoked)
         for tp in revoked:
             self._holes.pop(tp, None)
+            self._expired.pop(tp, None)
 
     async def repair_holes(self) -> None:
-        """Seek back again where a hole has not closed within ``retry_seconds``."""
+        """Seek back again where a hole has not closed within ``retry_seconds``.
+
+        A hole below the partition's earliest offset cannot close: retention
+        deleted those records before they were applied. That loss is logged and
+        counted (``llmpulse_source_expired_total``) and the cursor moves to the
+        earliest offset at the partition's next event, instead of seeking forever.
+        """
         for tp, (cursor, sought_at) in list(self._holes.items()):
             if self.store.get(tp) not in (None, cursor):
                 del self._holes[tp]
             elif self.clock() - sought_at >= self.retry_seconds:
-                await self._seek(tp, cursor)
+                earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+                if earliest is not None and earliest > cursor and tp not in self._expired:
+                    log.error(
+                        "%s[%d]: offsets %d-%d were deleted by retention before they were "
+                        "applied; continuing at %d",
+                        tp.topic,
+                        tp.partition,
+                        cursor,
+                        earliest - 1,
+                        earliest,
+                    )
+                    metrics.SOURCE_EXPIRED.labels(flow=self.flow, topic=tp.topic).inc(
+                        earliest - cursor
+                    )
+                    self._expired[tp] = earliest
+                await self._seek(tp, max(cursor, earliest or 0))
 
     async def _seek(self, tp: TP, cursor: int) -> None:
         self._holes[tp] = (cursor, self.clock())

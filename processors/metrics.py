@@ -62,6 +62,11 @@ SOURCE_HOLES = Counter(
     "Events delivered past an undelivered offset; the partition was re-read from it",
     ["flow", "topic"],
 )
+SOURCE_EXPIRED = Counter(
+    "llmpulse_source_expired",
+    "Events deleted by topic retention before the worker applied them (lost)",
+    ["flow", "topic"],
+)
 LATE_EVENTS = Counter(
     "llmpulse_late_events", "Events that arrived after their window or period closed", ["flow"]
 )

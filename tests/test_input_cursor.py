@@ -11,6 +11,7 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
+from processors import metrics
 from processors.faust_app import ChangelogFirstTransport
 from processors.input_cursor import (
     CursorStore,
@@ -124,6 +125,20 @@ async def test_a_failed_seek_leaves_the_hole_to_be_repaired() -> None:
     clock.now += 1.0
     await cursors.repair_holes()
     assert consumer.seeks == [(TP("src", 0), 1)] * 2
+
+
+async def test_a_hole_deleted_by_retention_is_counted_as_lost_not_sought_forever() -> None:
+    cursors, consumer, table, clock = _cursors()
+    assert await _deliver(cursors, [0, 1, 2, 12]) == [0, 1, 2]
+    consumer.earliest = 10  # retention removed 3-9 while the hole was open
+    expired = metrics.SOURCE_EXPIRED.labels(flow="test", topic="src")
+    before = expired._value.get()
+    clock.now += 1.0
+    await cursors.repair_holes()
+    assert consumer.seeks[-1] == (TP("src", 0), 10)
+    assert expired._value.get() - before == 7
+    assert await _deliver(cursors, [10, 11]) == [10, 11]
+    assert table[cursor_key(0)] == 12
 
 
 async def test_without_a_cursor_the_first_event_must_be_the_earliest_offset() -> None:
