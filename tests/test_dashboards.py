@@ -62,6 +62,8 @@ ALLOWED_METRICS: frozenset[str] = (
             "llmpulse_consumer_lag_messages",
             "llmpulse_events_consumed_total",
             "llmpulse_late_events_total",
+            "llmpulse_source_holes_total",
+            "llmpulse_source_expired_total",
             "llmpulse_usage_duplicates_total",
             "llmpulse_usage_conflicts_total",
             "llmpulse_sink_retries_total",
