@@ -101,6 +101,7 @@ class BreakerService:
     ) -> None:
         self.settings = settings
         self.configs = configs or BreakerConfigs.load(settings.breaker_config_file)
+        self._model_keys_json = json.dumps(self.configs.model_keys())  # for the gateway
         self.clock = clock
         self.app = create_app(settings, "breaker")
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -295,7 +296,7 @@ class BreakerService:
                 )
                 pipe.set(
                     serving.model_breakers_key(prefix),
-                    json.dumps(self.configs.model_keys()),
+                    self._model_keys_json,
                     px=serving.HEARTBEAT_TTL_MS,
                 )
                 await pipe.execute()

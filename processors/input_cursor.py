@@ -103,8 +103,7 @@ class TableCursors:
 
     async def start(self, consumer: Any, tp: TP) -> int:
         # No cursor means nothing was ever committed (commits stop at the cursor).
-        earliest = await consumer.earliest_offsets(tp)
-        return int(earliest.get(tp) or 0)
+        return await _earliest(consumer, tp)
 
 
 class MemoryCursors:
@@ -126,10 +125,12 @@ class MemoryCursors:
 
     async def start(self, consumer: Any, tp: TP) -> int:
         committed = await consumer.committed(tp)
-        if committed is not None:
-            return int(committed)
-        earliest = await consumer.earliest_offsets(tp)
-        return int(earliest.get(tp) or 0)
+        return int(committed) if committed is not None else await _earliest(consumer, tp)
+
+
+async def _earliest(consumer: Any, tp: TP) -> int:
+    """The first offset ``tp`` still holds (retention may have deleted older ones)."""
+    return int((await consumer.earliest_offsets(tp)).get(tp) or 0)
 
 
 class InputCursors:
@@ -216,8 +217,8 @@ class InputCursors:
             if self.store.get(tp) not in (None, cursor):
                 del self._holes[tp]
             elif self.clock() - sought_at >= self.retry_seconds:
-                earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
-                if earliest is not None and earliest > cursor and tp not in self._expired:
+                earliest = await _earliest(self.app.consumer, tp)
+                if earliest > cursor and tp not in self._expired:
                     log.error(
                         "%s[%d]: offsets %d-%d were deleted by retention before they were "
                         "applied; continuing at %d",
@@ -231,7 +232,7 @@ class InputCursors:
                         earliest - cursor
                     )
                     self._expired[tp] = earliest
-                await self._seek(tp, max(cursor, earliest or 0))
+                await self._seek(tp, max(cursor, earliest))
 
     async def _seek(self, tp: TP, cursor: int) -> None:
         self._holes[tp] = (cursor, self.clock())

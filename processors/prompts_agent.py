@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -259,6 +259,16 @@ class PromptsService:
             table[p.key()] = p.to_dict()
 
     # --- closing windows -------------------------------------------------------------------
+    def _partials_in(
+        self, table: Any, partition: int | None = None
+    ) -> Iterator[tuple[str, Partial]]:
+        """The partials in ``table`` (of one source partition if given), cursors skipped."""
+        for key, data in list(table.items()):
+            if is_cursor_key(key) or not data:
+                continue
+            if partition is None or int(data["partition"]) == partition:
+                yield key, Partial.from_dict(data)
+
     async def _sweep(self, topic: str, partition: int) -> None:
         """In-stream (so table writes go to this partition): emit closed, drop old partials."""
         now = self.clock()
@@ -268,47 +278,49 @@ class PromptsService:
         table = self.sources[topic]
         grace = self.settings.prompt_window_grace_seconds
         keep = self.settings.prompt_partial_retention_seconds
-        for key, data in list(table.items()):
-            if is_cursor_key(key) or not data or int(data["partition"]) != partition:
-                continue
-            p = Partial.from_dict(data)
+        due: dict[str, Partial] = {}
+        for key, p in self._partials_in(table, partition):
             if not p.closed(now, grace):
                 continue
             if not p.emitted:
-                await self._emit(p, topic)
-                p.emitted = True
-                table[key] = p.to_dict()
+                due[key] = p
             elif p.closed(now, grace + keep):
                 # Long closed: no uncommitted replay can still belong to it.
                 del table[key]
+        await self._emit(list(due.values()), topic)
+        for key, p in due.items():
+            p.emitted = True
+            table[key] = p.to_dict()
 
-    async def _emit(self, p: Partial, topic: str) -> None:
-        # Only durable state leaves the worker: were this partial lost in a crash,
-        # its replayed events could land in a correction as well (counted twice).
+    async def _emit(self, partials: list[Partial], topic: str) -> None:
+        if not partials:
+            return
+        # Only durable state leaves the worker: were a partial lost in a crash, its
+        # replayed events could land in a correction as well (counted twice).
         await changelog_written(self.app)
-        rec = performance_record(p, topic)
-        await self.app.producer.send_and_wait(
-            self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
-        )
-        self._emitted[str(rec.event_id)] = p.last_offset
-        metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
-            max(0.0, self.clock() - rec.event_time.timestamp())
-        )
+        for p in partials:
+            rec = performance_record(p, topic)
+            await self.app.producer.send_and_wait(
+                self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
+            )
+            self._emitted[str(rec.event_id)] = p.last_offset
+            metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
+                max(0.0, self.clock() - rec.event_time.timestamp())
+            )
 
     async def _emit_idle_windows(self) -> None:
         """Emit windows that closed while their partition had no traffic (no table write)."""
         now = self.clock()
         grace = self.settings.prompt_window_grace_seconds
         for topic, table in self.sources.items():
-            for key, data in list(table.items()):
-                if is_cursor_key(key) or not data:
-                    continue
-                p = Partial.from_dict(data)
-                if not p.closed(now, grace) or p.emitted:
-                    continue
-                rec_id = str(record_id(p, topic))
-                if self._emitted.get(rec_id) != p.last_offset:
-                    await self._emit(p, topic)
+            due = [
+                p
+                for _, p in self._partials_in(table)
+                if p.closed(now, grace)
+                and not p.emitted
+                and self._emitted.get(str(record_id(p, topic))) != p.last_offset
+            ]
+            await self._emit(due, topic)
 
     # --- registry -----------------------------------------------------------------------------
     async def _materialize_registry(self) -> None:

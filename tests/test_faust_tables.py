@@ -131,7 +131,7 @@ async def test_a_closed_window_is_published_only_after_its_changelog_writes(
     service.app._producer = producer
     partial = Partial("greet", 1, 60, int(time.time()) // 60 * 60, 0, first_offset=0)
     partial.add_feedback(0, Decimal(4))
-    publish = asyncio.create_task(service._emit(partial, "llm.feedback.v1"))
+    publish = asyncio.create_task(service._emit([partial], "llm.feedback.v1"))
     await asyncio.sleep(0.05)
     assert sent == []  # the partial's own changelog write is not acknowledged yet
     write.set_result("metadata")
