@@ -28,12 +28,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bench.common import bare_consumer, bench_outcome, bench_settings, blast, wait_committed
-from processors import kafka
-from processors.codec import encode
-from processors.settings import Settings
-from schemas import LLMOutcome, serving
-from schemas.events import BreakerSnapshot
-from schemas.topics import OUTCOMES
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.codec import encode
+from llmpulse.schemas import LLMOutcome, serving
+from llmpulse.schemas.events import BreakerSnapshot
+from llmpulse.schemas.topics import OUTCOMES
 
 CONFIG = "default: {consecutive_failures: 3, failure_rate_threshold: null, open_seconds: 600}\n"
 
@@ -49,7 +49,7 @@ def start_worker(settings: Settings, tmp: Path) -> subprocess.Popen[bytes]:
         LLMPULSE_BREAKER_CONFIG_FILE=str(tmp / "breaker.yaml"),
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", "breaker"],
+        [sys.executable, "-m", "llmpulse", "worker", "breaker"],
         env=env,
         stdout=(tmp / "worker.log").open("wb"),
         stderr=subprocess.STDOUT,

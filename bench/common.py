@@ -10,13 +10,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from processors import kafka, stack
-from processors.codec import decode, encode
-from processors.samples import sample_outcome
-from processors.settings import Settings
-from processors.topics import create_topics
-from schemas.events import ErrorClass, LLMOutcome, Operation, OutcomeStatus
-from schemas.topics import OUTCOMES, topic_spec
+from llmpulse.devstack import stack
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.codec import decode, encode
+from llmpulse.processors.stream.topics import create_topics
+from llmpulse.schemas.events import ErrorClass, LLMOutcome, Operation, OutcomeStatus
+from llmpulse.schemas.topics import OUTCOMES, topic_spec
+from llmpulse.simulator.samples import sample_outcome
 from tests.harness import committed_offsets
 
 

@@ -24,15 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import bench_outcome, bench_settings, max_rss_mib
-from gateway.breaker_view import BreakerView
-from gateway.config import GatewayConfig, redis_client
-from gateway.emitter import EventEmitter
-from gateway.orchestrator import Completion, LLMCall, Provider, ProviderOrchestrator
-from processors import kafka
-from processors.settings import Settings
-from schemas import serving
-from schemas.events import BreakerSnapshot, BreakerState
-from schemas.topics import OUTCOMES
+from llmpulse.gateway.breaker_view import BreakerView
+from llmpulse.gateway.config import GatewayConfig, redis_client
+from llmpulse.gateway.emitter import EventEmitter
+from llmpulse.gateway.orchestrator import Completion, LLMCall, Provider, ProviderOrchestrator
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+from llmpulse.schemas import serving
+from llmpulse.schemas.events import BreakerSnapshot, BreakerState
+from llmpulse.schemas.topics import OUTCOMES
 
 
 async def _instant(call: LLMCall, model: str) -> Completion:

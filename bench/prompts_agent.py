@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from bench.common import bare_consumer, bench_outcome, bench_settings, blast, wait_committed
-from processors.codec import encode
-from processors.faust_app import app_id
-from processors.settings import Settings
-from schemas import LLMOutcome
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream.codec import encode
+from llmpulse.processors.stream.faust_app import app_id
+from llmpulse.schemas import LLMOutcome
 
 
 def outcome(rng: random.Random) -> LLMOutcome:
@@ -45,7 +45,7 @@ async def main_async(events: int) -> None:
             LLMPULSE_STATE_DIR=str(Path(tmp) / "state"),
         )
         worker = subprocess.Popen(
-            [sys.executable, "-m", "processors.cli", "worker", "prompts"],
+            [sys.executable, "-m", "llmpulse", "worker", "prompts"],
             env=env,
             stdout=(Path(tmp) / "worker.log").open("wb"),
             stderr=subprocess.STDOUT,

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from bench.common import Rate, bare_consumer_rate, bench_settings, max_rss_mib, produce_outcomes
-from processors.clickhouse import connect, migrate
-from processors.settings import Settings
-from processors.usage_sink import UsageSink
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.sinks.usage import UsageSink
+from llmpulse.processors.stream.clickhouse import connect, migrate
 
 
 async def sink_rate(settings: Settings, n: int, batch_rows: int) -> Rate:

@@ -1,7 +1,7 @@
 """The fleet-wide breaker view inside one app instance, with a local fallback.
 
 Shared view: the breaker agent writes one versioned ``BreakerSnapshot`` per
-provider to Redis (``schemas.serving.breaker_key``) and announces it on
+provider to Redis (``llmpulse.schemas.serving.breaker_key``) and announces it on
 ``breaker_channel``. This view keeps a copy per provider, applies pub/sub
 announcements as they come (only newer versions, like the Redis script), and
 re-reads every key at least every ``snapshot_refresh_seconds`` (a missed
@@ -12,7 +12,7 @@ routed, probed and fed to the local fallback by that breaker; every other model
 by its provider's.
 
 Local fallback: every outcome this instance observes also feeds an in-process
-``BreakerCore`` with the same rules as the agent (``schemas.breaker``). The
+``BreakerCore`` with the same rules as the agent (``llmpulse.core.breaker``). The
 shared view is stale when it has not been confirmed by Redis, or the breaker
 worker has not been seen alive (its heartbeat key, or an announcement), for
 ``snapshot_stale_seconds`` (Redis down or partitioned, or no breaker worker
@@ -41,11 +41,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from gateway import metrics
-from gateway.config import GatewayConfig
-from schemas import serving
-from schemas.breaker import BreakerConfig, BreakerCore, classify
-from schemas.events import BreakerSnapshot, BreakerState, LLMOutcome
+from llmpulse.core.breaker import BreakerConfig, BreakerCore, classify
+from llmpulse.gateway import metrics
+from llmpulse.gateway.config import GatewayConfig
+from llmpulse.schemas import serving
+from llmpulse.schemas.events import BreakerSnapshot, BreakerState, LLMOutcome
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`EventEmitter` is what an application service calls on its hot path:
 ``emit(event)`` serializes the event to the canonical wire bytes (the same bytes
-``processors.codec.encode`` produces), puts it on a bounded in-memory queue and
+``llmpulse.processors.stream.codec.encode`` produces), puts it on a bounded in-memory queue and
 returns. It never waits for the network and never raises because of Kafka.
 A background sender drains the queue into an idempotent ``acks=all`` producer,
 pipelining sends and awaiting acknowledgements batch by batch.
@@ -65,11 +65,11 @@ from typing import Any, Self, TypeAlias
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
 
-from gateway.config import GatewayConfig
-from gateway.metrics import EMIT_QUEUE_DEPTH, EVENTS_REPLAYED, EVENTS_SPOOLED
-from gateway.spool import Spool, SpoolRecord, read_segment
-from schemas.events import Feedback, LLMOutcome, LLMRequest
-from schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, TopicSpec, topic_spec
+from llmpulse.gateway.config import GatewayConfig
+from llmpulse.gateway.metrics import EMIT_QUEUE_DEPTH, EVENTS_REPLAYED, EVENTS_SPOOLED
+from llmpulse.gateway.spool import Spool, SpoolRecord, read_segment
+from llmpulse.schemas.events import Feedback, LLMOutcome, LLMRequest
+from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, TopicSpec, topic_spec
 
 __all__ = ["EmittableEvent", "EventEmitter"]
 
@@ -105,7 +105,7 @@ class EventEmitter:
 
     Use from one event loop: ``await start()``, ``emit(...)`` from anywhere in
     that loop, ``await close()`` on shutdown (or ``async with EventEmitter(...)``).
-    Topic and key of an event come from the ``schemas.topics`` registry (key =
+    Topic and key of an event come from the ``llmpulse.schemas.topics`` registry (key =
     the ``key_field`` values joined by ``@``); topic names get
     ``config.topic_prefix``. Tuning knobs are keyword arguments; the defaults
     suit production.

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from schemas.events import ErrorClass, OutcomeStatus
+from llmpulse.schemas.events import ErrorClass, OutcomeStatus
 
 # RFC 9110 delta-seconds is 1*DIGIT; some providers send fractions ("0.5"), accept those too.
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")

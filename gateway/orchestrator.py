@@ -11,7 +11,7 @@ Per request:
    request's remaining deadline) and produces an ``LLMRequest`` before and an
    ``LLMOutcome`` after the call, with ids generated here, through the
    non-blocking emitter. The outcome also feeds the instance's local breaker.
-4. Errors are classified (``gateway.errors``): timeouts, 5xx, 429 and network
+4. Errors are classified (``llmpulse.gateway.errors``): timeouts, 5xx, 429 and network
    errors fail over to the next provider; any other 4xx (and content-policy
    rejections) goes back to the caller at once as ``RequestRejected``, without
    retry or failover. Exceptions that are not provider errors (bugs in the call
@@ -40,11 +40,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from gateway import metrics
-from gateway.backoff import Backoff
-from gateway.breaker_view import BreakerView, ProviderHealth, Route
-from gateway.errors import ErrorDecision, classify_error
-from schemas.events import (
+from llmpulse.gateway import metrics
+from llmpulse.gateway.backoff import Backoff
+from llmpulse.gateway.breaker_view import BreakerView, ProviderHealth, Route
+from llmpulse.gateway.errors import ErrorDecision, classify_error
+from llmpulse.schemas.events import (
     ErrorClass,
     Feedback,
     LLMOutcome,
@@ -66,7 +66,7 @@ CANCELLED = ErrorDecision(
 
 
 class Emitter(Protocol):
-    """What the orchestrator needs from ``gateway.emitter.EventEmitter``."""
+    """What the orchestrator needs from ``llmpulse.gateway.emitter.EventEmitter``."""
 
     def emit(self, event: LLMRequest | LLMOutcome | Feedback) -> None: ...
 

@@ -2,7 +2,7 @@
 
 ``assign`` is the pure core: weighted rendezvous hashing of (prompt, subject)
 over the active versions. ``PromptSelector`` is the thin edge: it reads the
-view the registry agent writes (``schemas.serving.prompt_key``), caches it and
+view the registry agent writes (``llmpulse.schemas.serving.prompt_key``), caches it and
 keeps serving the last known view while Redis is unreachable.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.config import GatewayConfig
-from schemas.serving import prompt_key
+from llmpulse.gateway.config import GatewayConfig
+from llmpulse.schemas.serving import prompt_key
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _version(entry: Any) -> PromptVersionView:
 
 
 def parse_view(raw: bytes | str) -> list[PromptVersionView]:
-    """The versions of a registry view (``processors.prompts_agent.registry_view`` JSON).
+    """The versions of a registry view (``llmpulse.processors.prompts.agent.registry_view`` JSON).
 
     Returns them in view order; unknown keys are ignored and missing optional
     fields are None. Raises ValueError naming the problem when the JSON is
@@ -185,7 +185,7 @@ class PromptSelector:
     An empty view (the registry says no version is active) replaces the cache.
 
     The Redis client's own timeouts and retries bound how long a refresh can
-    block ``select``: give it short timeouts (``gateway.config.redis_client``).
+    block ``select``: give it short timeouts (``llmpulse.gateway.config.redis_client``).
     Concurrent callers share one refresh per prompt: the caller that starts it
     waits for it (at most the client's timeouts, once per ``refresh_seconds``
     and prompt); others with a cached view are served from it meanwhile.

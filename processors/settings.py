@@ -16,7 +16,22 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.events import EventTimeBounds
+from llmpulse.schemas.events import EventTimeBounds
+
+
+class ServiceAddressMissing(RuntimeError):
+    """A worker was handed settings without the address of a service it needs.
+
+    The CLI fills empty addresses in from the local stack before it starts a
+    worker; code that builds ``Settings`` itself must do the same.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"LLMPULSE_{name.upper()} is not set and no local stack address was filled in "
+            "(run `llmpulse stack up`, or set it)"
+        )
+        self.setting = name
 
 
 class Settings(BaseSettings):

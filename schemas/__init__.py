@@ -4,7 +4,7 @@ This package imports nothing from the rest of the project, so application
 services can depend on it alone.
 """
 
-from schemas.events import (
+from llmpulse.schemas.events import (
     BreakerAction,
     BreakerControl,
     BreakerSnapshot,
@@ -21,7 +21,7 @@ from schemas.events import (
     PromptPerformance,
     PromptVersionEvent,
 )
-from schemas.topics import TOPICS, TopicSpec, topic_spec
+from llmpulse.schemas.topics import TOPICS, TopicSpec, topic_spec
 
 __all__ = [
     "TOPICS",

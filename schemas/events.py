@@ -361,7 +361,7 @@ class BreakerSnapshot(Event):
     previous_state: BreakerState | None = None
     reason: Annotated[str, Field(max_length=100, pattern=r"^[a-z_ ]*$")] | None = None
     #: Half-open probes the fleet may send per half-open period (the number of
-    #: permit slots, ``schemas.serving.permit_keys``).
+    #: permit slots, ``llmpulse.schemas.serving.permit_keys``).
     probe_permits: Annotated[int, Field(ge=1, le=100)] = 1
 
 

@@ -1,6 +1,6 @@
 """JSON Schema export of every registry model to ``schemas/json/<topic>.schema.json``.
 
-Run ``python -m schemas.export`` after changing a model; a test fails while the
+Run ``python -m llmpulse.schemas.export`` after changing a model; a test fails while the
 checked-in files differ from the models.
 """
 
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from schemas.topics import TOPICS
+from llmpulse.schemas.topics import TOPICS
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
@@ -42,7 +42,10 @@ def main() -> int:
             if not check:
                 path.write_text(text)
     if check and stale:
-        print(f"out of date: {', '.join(stale)} (run python -m schemas.export)", file=sys.stderr)
+        print(
+            f"out of date: {', '.join(stale)} (run python -m llmpulse.schemas.export)",
+            file=sys.stderr,
+        )
         return 1
     print("schemas up to date" if check else f"wrote {len(render())} schema files to {JSON_DIR}")
     return 0

@@ -81,7 +81,7 @@ def model_breakers_key(prefix: str) -> str:
     """JSON list of the ``provider/model`` keys that have a breaker of their own.
 
     Rewritten by the breaker worker with its heartbeat. An outcome feeds exactly
-    one breaker (``processors.breaker_config.BreakerConfigs.key_for``), so a model
+    one breaker (``llmpulse.processors.breaker.config.BreakerConfigs.key_for``), so a model
     listed here is routed by its own breaker, every other one by its provider's.
     """
     return f"{prefix}llmpulse:breaker-model-keys"

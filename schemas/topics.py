@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from schemas.events import (
+from llmpulse.schemas.events import (
     BreakerControl,
     BreakerSnapshot,
     Feedback,

@@ -28,10 +28,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from gateway.breaker_view import BreakerView, Source
-from gateway.config import GatewayConfig, redis_client
-from gateway.emitter import EventEmitter
-from gateway.orchestrator import (
+from llmpulse.core.breaker import BreakerConfig
+from llmpulse.gateway.breaker_view import BreakerView, Source
+from llmpulse.gateway.config import GatewayConfig, redis_client
+from llmpulse.gateway.emitter import EventEmitter
+from llmpulse.gateway.orchestrator import (
     AllProvidersFailed,
     AttemptRecord,
     LLMCall,
@@ -39,10 +40,9 @@ from gateway.orchestrator import (
     ProviderOrchestrator,
     RequestRejected,
 )
-from gateway.prompts import PromptSelector, PromptUnavailable
-from schemas.breaker import BreakerConfig
-from schemas.events import BreakerSnapshot, BreakerState, Feedback, Operation
-from simulator.providers import ProviderCallRecord, ProviderSpec, SimulatedProvider
+from llmpulse.gateway.prompts import PromptSelector, PromptUnavailable
+from llmpulse.schemas.events import BreakerSnapshot, BreakerState, Feedback, Operation
+from llmpulse.simulator.providers import ProviderCallRecord, ProviderSpec, SimulatedProvider
 
 log = logging.getLogger(__name__)
 _OPERATIONS = (Operation.completion, Operation.embedding, Operation.moderation)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from gateway.errors import ProviderError
-from gateway.orchestrator import Completion, LLMCall, ProviderCall
-from schemas.events import ErrorClass, Operation
+from llmpulse.gateway.errors import ProviderError
+from llmpulse.gateway.orchestrator import Completion, LLMCall, ProviderCall
+from llmpulse.schemas.events import ErrorClass, Operation
 
 
 class FaultKind(StrEnum):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from schemas import LLMOutcome
+from llmpulse.schemas import LLMOutcome
 
 NINE = Decimal("0.000000001")
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors.clickhouse import connect, migrate
-from processors.settings import Settings
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream.clickhouse import connect, migrate
 from tests.harness import running_services, with_unique_topics
 
 

@@ -1,7 +1,7 @@
 """Test harness helpers: start services once, unique topic names per test.
 
 ``LLMPULSE_TEST_SERVICES=local`` (default) starts real local processes through
-``processors.stack``; ``testcontainers`` starts Kafka and Redis containers
+``llmpulse.devstack.stack``; ``testcontainers`` starts Kafka and Redis containers
 instead (needs a Docker engine; install the ``docker`` extra). Services given
 in settings (``LLMPULSE_KAFKA_BOOTSTRAP`` ...) are used as they are.
 """
@@ -17,9 +17,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from processors import kafka, stack
-from processors.settings import Settings
-from processors.topics import create_topics
+from llmpulse.devstack import stack
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.topics import create_topics
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from processors.ab_stats import (
+from llmpulse.core.ab_stats import (
     Moments,
     Verdict,
     betainc,

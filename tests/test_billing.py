@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors import billing, pricing
-from processors.cost_report import render_csv, render_json, render_table
-from processors.samples import sample_outcome
-from processors.usage_rows import USAGE_COLUMNS, payload_hash, usage_row
-from schemas import LLMOutcome, Operation
+from llmpulse.core.usage import USAGE_COLUMNS, payload_hash, usage_row
+from llmpulse.processors.billing import pricing, reports
+from llmpulse.processors.billing.allocation import render_csv, render_json, render_table
+from llmpulse.schemas import LLMOutcome, Operation
+from llmpulse.simulator.samples import sample_outcome
 from tests.billing_fixtures import Price, expected_allocation, round9
 
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)
@@ -108,7 +108,7 @@ def march(ch: Client) -> list[LLMOutcome]:
 
 
 def test_allocation_is_exact_per_org_and_operation(ch: Client, march: list[LLMOutcome]) -> None:
-    report = billing.cost_report(ch, MARCH, APRIL, default_rate=RATE)
+    report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     expected = expected_allocation(march, PRICES, RATES, RATE)
     got = {}
     for line in report.lines:
@@ -132,7 +132,7 @@ def test_allocation_is_exact_per_org_and_operation(ch: Client, march: list[LLMOu
 
 
 def test_unpriced_usage_is_never_zero_priced(ch: Client, march: list[LLMOutcome]) -> None:
-    report = billing.cost_report(ch, MARCH, APRIL, default_rate=RATE)
+    report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     unpriced = sum(1 for o in march if (o.provider, o.model) not in PRICES)
     assert report.grand_total("unpriced_requests") == unpriced > 0
     for line in report.lines:
@@ -143,7 +143,7 @@ def test_unpriced_usage_is_never_zero_priced(ch: Client, march: list[LLMOutcome]
 
 
 def test_csv_has_every_operation_and_totals_add_up(ch: Client, march: list[LLMOutcome]) -> None:
-    report = billing.cost_report(ch, MARCH, APRIL, default_rate=RATE)
+    report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
     *lines, total = rows
     assert total["organization_id"] == "TOTAL"
@@ -167,23 +167,23 @@ def test_csv_has_every_operation_and_totals_add_up(ch: Client, march: list[LLMOu
 
 
 def test_period_close_snapshot_and_late_adjustment(ch: Client, march: list[LLMOutcome]) -> None:
-    closed = billing.close_period(ch, "2026-03", default_rate=RATE, settle_seconds=0.2)
+    closed = reports.close_period(ch, "2026-03", default_rate=RATE, settle_seconds=0.2)
     before = render_csv(closed)
-    with pytest.raises(billing.BillingInputError, match="already closed"):
-        billing.close_period(ch, "2026-03", default_rate=RATE, settle_seconds=0)
+    with pytest.raises(reports.BillingInputError, match="already closed"):
+        reports.close_period(ch, "2026-03", default_rate=RATE, settle_seconds=0)
 
     late = sample_outcome(random.Random(77), MARCH + timedelta(days=10))
     _insert(ch, [late])
 
-    snapshot = billing.cost_report(ch, MARCH, APRIL, default_rate=RATE)
+    snapshot = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     assert snapshot.closed_at is not None
     assert render_csv(snapshot) == before  # the closed snapshot never changes
-    live = billing.cost_report(ch, MARCH, APRIL, default_rate=RATE, live=True)
+    live = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE, live=True)
     assert render_csv(live).replace("\r", "") == before  # late usage is not March any more
 
     now = datetime.now(UTC)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    current = billing.cost_report(ch, month_start, now + timedelta(days=1), default_rate=RATE)
+    current = reports.cost_report(ch, month_start, now + timedelta(days=1), default_rate=RATE)
     adjustments = [ln for ln in current.lines if ln.adjusts_period]
     assert len(adjustments) == 1
     adj = adjustments[0]
@@ -195,8 +195,8 @@ def test_period_close_snapshot_and_late_adjustment(ch: Client, march: list[LLMOu
 
 def test_close_refuses_unfinished_month(ch: Client) -> None:
     now = datetime.now(UTC)
-    with pytest.raises(billing.BillingInputError, match="has not ended yet"):
-        billing.close_period(ch, now.strftime("%Y-%m"), default_rate=RATE, settle_seconds=0)
+    with pytest.raises(reports.BillingInputError, match="has not ended yet"):
+        reports.close_period(ch, now.strftime("%Y-%m"), default_rate=RATE, settle_seconds=0)
 
 
 @pytest.mark.parametrize(
@@ -204,15 +204,15 @@ def test_close_refuses_unfinished_month(ch: Client) -> None:
     ["acme' OR '1'='1", "acme'; DROP TABLE usage_events; --", "x\\' OR 1=1 --", "{org:String}"],
 )
 def test_org_filter_is_bound_not_spliced(ch: Client, march: list[LLMOutcome], org: str) -> None:
-    with pytest.raises(billing.BillingInputError, match="unknown organization"):
-        billing.cost_report(ch, MARCH, APRIL, default_rate=RATE, org=org)
+    with pytest.raises(reports.BillingInputError, match="unknown organization"):
+        reports.cost_report(ch, MARCH, APRIL, default_rate=RATE, org=org)
     # Bypassing the check: a spliced value would match every row; a bound one matches none.
-    assert billing.allocation_rows(ch, MARCH, APRIL, default_rate=RATE, org=org) == []
+    assert reports.allocation_rows(ch, MARCH, APRIL, default_rate=RATE, org=org) == []
     assert ch.query("SELECT count() FROM usage_events").result_rows[0][0] > 0
 
 
 def test_org_filter_selects_one_org(ch: Client, march: list[LLMOutcome]) -> None:
-    report = billing.cost_report(ch, MARCH, APRIL, default_rate=RATE, org="acme")
+    report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE, org="acme")
     assert {ln.org_id for ln in report.lines} == {"acme"}
     assert report.grand_total("requests") == sum(o.org_id == "acme" for o in march)
 
@@ -226,20 +226,20 @@ def test_org_filter_selects_one_org(ch: Client, march: list[LLMOutcome]) -> None
     ],
 )
 def test_parse_instant_rejects(text: str, message: str) -> None:
-    with pytest.raises(billing.BillingInputError, match=message):
-        billing.parse_instant(text, "start")
+    with pytest.raises(reports.BillingInputError, match=message):
+        reports.parse_instant(text, "start")
 
 
 def test_parse_instant_and_period() -> None:
-    assert billing.parse_instant("2026-03-01", "start") == MARCH
-    assert billing.parse_instant("2026-03-01T02:00:00+02:00", "start") == MARCH
-    assert billing.parse_period("2026-12")[1:] == (
+    assert reports.parse_instant("2026-03-01", "start") == MARCH
+    assert reports.parse_instant("2026-03-01T02:00:00+02:00", "start") == MARCH
+    assert reports.parse_period("2026-12")[1:] == (
         datetime(2026, 12, 1, tzinfo=UTC),
         datetime(2027, 1, 1, tzinfo=UTC),
     )
     for bad in ("2026-13", "2026-3", "March"):
-        with pytest.raises(billing.BillingInputError):
-            billing.parse_period(bad)
+        with pytest.raises(reports.BillingInputError):
+            reports.parse_period(bad)
 
 
 def test_pricing_yaml_reads_exact_decimals(tmp_path: Path) -> None:

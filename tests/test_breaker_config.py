@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from processors.breaker_config import BreakerConfigError, BreakerConfigs
-from schemas.breaker import BreakerConfig
+from llmpulse.core.breaker import BreakerConfig
+from llmpulse.processors.breaker.config import BreakerConfigError, BreakerConfigs
 
 
 def _load(tmp_path: Path, text: str) -> BreakerConfigs:

@@ -11,8 +11,15 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from schemas import BreakerAction, BreakerState, ErrorClass, LLMOutcome, Operation, OutcomeStatus
-from schemas.breaker import BreakerConfig, BreakerCore, Call, Verdict, classify
+from llmpulse.core.breaker import BreakerConfig, BreakerCore, Call, Verdict, classify
+from llmpulse.schemas import (
+    BreakerAction,
+    BreakerState,
+    ErrorClass,
+    LLMOutcome,
+    Operation,
+    OutcomeStatus,
+)
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)

@@ -20,16 +20,17 @@ import pytest
 import redis.asyncio as aioredis
 from clickhouse_connect.driver.client import Client
 
-from gateway.breaker_view import BreakerView, Source
-from processors import kafka, stack
-from processors.breaker_transitions_sink import BreakerTransitionsSink
-from processors.clickhouse import run_query
-from processors.codec import encode
-from processors.settings import Settings
-from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
-from schemas.events import BreakerSnapshot, BreakerState
-from schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
-from simulator.run import gateway_config
+from llmpulse.devstack import stack
+from llmpulse.devstack.simulate import gateway_config
+from llmpulse.gateway.breaker_view import BreakerView, Source
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.sinks.breaker_transitions import BreakerTransitionsSink
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.clickhouse import run_query
+from llmpulse.processors.stream.codec import encode
+from llmpulse.schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
+from llmpulse.schemas.events import BreakerSnapshot, BreakerState
+from llmpulse.schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
 from tests.harness import read_all, wait_for, with_unique_topics
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ class Worker:
         self.starts += 1
         log = (self.tmp / f"worker{self.starts}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "processors.cli", "worker", "breaker"],
+            [sys.executable, "-m", "llmpulse", "worker", "breaker"],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -358,7 +359,7 @@ async def test_operator_controls_and_status_fallback(
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "processors.cli", "breaker", *args],
+            [sys.executable, "-m", "llmpulse", "breaker", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from processors.cli import build_parser, main
+from llmpulse.cli import build_parser, main
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
     env["LLMPULSE_STATE_DIR"] = str(tmp_path / "state")
     return subprocess.run(
-        [sys.executable, "-m", "processors.cli", *args],
+        [sys.executable, "-m", "llmpulse", *args],
         env=env,
         capture_output=True,
         text=True,

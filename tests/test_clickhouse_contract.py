@@ -6,15 +6,18 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors.billing import allocation_rows
-from processors.breaker_transitions_sink import COLUMNS as TRANSITION_COLUMNS
-from processors.clickhouse import (
+from llmpulse.core.usage import CONFLICT_COLUMNS, USAGE_COLUMNS, payload_hash, usage_row
+from llmpulse.processors.billing.reports import allocation_rows
+from llmpulse.processors.sinks.breaker_transitions import COLUMNS as TRANSITION_COLUMNS
+from llmpulse.processors.sinks.prompts import PERFORMANCE_COLUMNS, VERSION_COLUMNS
+from llmpulse.processors.stream.clickhouse import (
     ClickHouseConfigError,
     migrate,
     migrations,
@@ -22,9 +25,7 @@ from processors.clickhouse import (
     split_statements,
     sql_dir,
 )
-from processors.prompt_sinks import PERFORMANCE_COLUMNS, VERSION_COLUMNS
-from processors.samples import sample_outcome
-from processors.usage_rows import CONFLICT_COLUMNS, USAGE_COLUMNS, payload_hash, usage_row
+from llmpulse.simulator.samples import sample_outcome
 
 _PARAM = re.compile(r"\{(\w+):([^}]+)\}")
 _DEFAULTS: dict[str, Any] = {
@@ -104,12 +105,14 @@ def test_row_models_match_describe_table(ch: Client, table: str, columns: tuple[
         assert described["event_time"] == "DateTime64(6, 'UTC')"
 
 
-@pytest.mark.parametrize(
-    "path", sorted((sql_dir() / "queries").glob("*.sql")), ids=lambda p: p.stem
-)
-def test_every_named_query_runs(ch: Client, path: Path) -> None:
+def _name(path: Traversable) -> str:
+    return path.name
+
+
+@pytest.mark.parametrize("path", sorted((sql_dir() / "queries").iterdir(), key=_name), ids=_name)
+def test_every_named_query_runs(ch: Client, path: Traversable) -> None:
     params = {name: _default_for(t) for name, t in _PARAM.findall(path.read_text())}
-    run_query(ch, path.stem, params)
+    run_query(ch, path.name.removesuffix(".sql"), params)
 
 
 def test_usage_rows_roundtrip_exactly(ch: Client) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.codec import (
+from llmpulse.processors.stream.codec import (
     EMPTY_VALUE,
     INVALID_UTF8,
     NOT_AN_OBJECT,
@@ -20,7 +20,7 @@ from processors.codec import (
     decode,
     encode,
 )
-from processors.dlq import (
+from llmpulse.processors.stream.dlq import (
     DETAIL_HEADER,
     REASON_HEADER,
     DeadLetterPublisher,
@@ -28,8 +28,8 @@ from processors.dlq import (
     PoisonLimitExceeded,
     SourceRecord,
 )
-from processors.redact import REDACTED, redact_bytes
-from schemas import EventTimeBounds, LLMOutcome
+from llmpulse.processors.stream.redact import REDACTED, redact_bytes
+from llmpulse.schemas import EventTimeBounds, LLMOutcome
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
 NOW = datetime(2026, 1, 15, 10, 1, tzinfo=UTC)

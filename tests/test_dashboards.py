@@ -20,9 +20,9 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import gateway.metrics  # noqa: F401  (registers the gateway's metrics)
-import processors.metrics  # noqa: F401  (registers the processors' metrics)
-from processors.cli import worker_flows
+import llmpulse.gateway.metrics
+import llmpulse.processors.stream.metrics  # noqa: F401  (registers the processors' metrics)
+from llmpulse.cli import worker_flows
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
@@ -425,7 +425,7 @@ def test_compose_workers() -> None:
 
 
 def test_compose_simulate_job_is_a_valid_command() -> None:
-    from processors.cli import build_parser
+    from llmpulse.cli import build_parser
 
     sim = compose_services()["simulate"]
     assert sim["profiles"] == ["simulate"]

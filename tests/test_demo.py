@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.settings import Settings
+from llmpulse.processors.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def test_demo_runs_and_reports(services: Settings, tmp_path: Path) -> None:
         LLMPULSE_TOPIC_PREFIX="demo-test.",
     )
     result = subprocess.run(
-        [sys.executable, "-m", "processors.cli", "demo", "--seconds", "14", "--rate", "60"],
+        [sys.executable, "-m", "llmpulse", "demo", "--seconds", "14", "--rate", "60"],
         env=env,
         capture_output=True,
         text=True,

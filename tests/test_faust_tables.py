@@ -13,17 +13,17 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from processors.breaker_agent import BreakerService
-from processors.faust_app import (
+from llmpulse.core.rollup import Partial
+from llmpulse.processors.breaker.agent import BreakerService
+from llmpulse.processors.prompts.agent import PromptsService
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream.faust_app import (
     AckTrackingProducer,
     ChangelogFirstConsumer,
     changelog_topics,
     create_app,
 )
-from processors.prompt_rollup import Partial
-from processors.prompts_agent import PromptsService
-from processors.settings import Settings
-from schemas.topics import PROMPT_PERFORMANCE
+from llmpulse.schemas.topics import PROMPT_PERFORMANCE
 
 
 def test_every_table_changelog_is_created_up_front(tmp_path: Path) -> None:

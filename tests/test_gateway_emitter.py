@@ -1,7 +1,7 @@
 """The gateway's event emitter on real Kafka: normal path, outage, restart, spool.
 
 * 2,000 requests and outcomes arrive exactly once, keyed by provider, with the
-  canonical bytes of ``processors.codec.encode``.
+  canonical bytes of ``llmpulse.processors.stream.codec.encode``.
 * Kafka stopped for ~30 s while events keep coming: they are spooled, replayed
   after the restart, and every event id is in Kafka exactly once.
 * Events emitted while Kafka is down and then closed are in the spool; a new
@@ -25,14 +25,22 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from gateway.config import GatewayConfig
-from gateway.emitter import EventEmitter
-from gateway.spool import Spool, SpoolLocked, SpoolRecord, read_segment
-from processors import kafka, stack
-from processors.codec import encode
-from processors.settings import Settings
-from schemas.events import Event, Feedback, LLMOutcome, LLMRequest, Operation, OutcomeStatus
-from schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, topic_spec
+from llmpulse.devstack import stack
+from llmpulse.gateway.config import GatewayConfig
+from llmpulse.gateway.emitter import EventEmitter
+from llmpulse.gateway.spool import Spool, SpoolLocked, SpoolRecord, read_segment
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.codec import encode
+from llmpulse.schemas.events import (
+    Event,
+    Feedback,
+    LLMOutcome,
+    LLMRequest,
+    Operation,
+    OutcomeStatus,
+)
+from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, topic_spec
 from tests.harness import wait_for
 
 PROVIDERS = ("openai", "anthropic", "mistral")
@@ -268,7 +276,7 @@ async def test_truncated_last_spool_line_is_skipped_and_the_rest_replayed(
     with segment.open("ab") as fh:  # a crash in the middle of the sixth write
         fh.write(b'{"topic":"' + settings.topic(FEEDBACK).encode() + b'","key":"pro')
 
-    with caplog.at_level(logging.WARNING, logger="gateway.emitter"):
+    with caplog.at_level(logging.WARNING, logger="llmpulse.gateway.emitter"):
         read = read_segment(segment)
     assert (read.truncated, read.skipped) == (True, 0)
     assert [r.event_id for r in read.records] == [str(f.event_id) for f in feedback]
@@ -335,7 +343,7 @@ def test_spool_skips_invalid_lines(tmp_path: Path, caplog: pytest.LogCaptureFixt
     segment = tmp_path / "000000000001.jsonl"
     good = _records(2)
     segment.write_bytes(good[0].to_line() + b"not json\n" + b'{"topic":1}\n' + good[1].to_line())
-    with caplog.at_level(logging.WARNING, logger="gateway.emitter"):
+    with caplog.at_level(logging.WARNING, logger="llmpulse.gateway.emitter"):
         read = read_segment(segment)
     assert (read.records, read.skipped, read.truncated) == (good, 2, False)
     assert read.end == segment.stat().st_size

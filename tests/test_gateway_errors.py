@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.backoff import Backoff
-from gateway.errors import ErrorDecision, ProviderError, classify_error, parse_retry_after
-from schemas.events import ErrorClass, OutcomeStatus
+from llmpulse.gateway.backoff import Backoff
+from llmpulse.gateway.errors import ErrorDecision, ProviderError, classify_error, parse_retry_after
+from llmpulse.schemas.events import ErrorClass, OutcomeStatus
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from processors import kafka, stack, workers
-from processors.settings import Settings
-from schemas.events import BreakerState
-from schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, topic_spec
-from simulator.fleet import FleetReport, FleetScenario, half_open_periods, run_fleet
-from simulator.providers import Fault, FaultKind
-from simulator.run import FAST_BREAKER, default_scenario, gateway_config
+from llmpulse.devstack import stack
+from llmpulse.devstack.simulate import FAST_BREAKER, default_scenario, gateway_config
+from llmpulse.processors import supervisor
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+from llmpulse.schemas.events import BreakerState
+from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, topic_spec
+from llmpulse.simulator.fleet import FleetReport, FleetScenario, half_open_periods, run_fleet
+from llmpulse.simulator.providers import Fault, FaultKind
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -50,7 +52,7 @@ async def _run(
     ``local_stack``: the settings the session stack was started with (services
     are stopped and started through them).
     """
-    breaker = workers.start_worker(
+    breaker = supervisor.start_worker(
         settings,
         "breaker",
         lambda m: None,
@@ -59,7 +61,7 @@ async def _run(
     )
     done: dict[str, float] = {}
     try:
-        await workers.wait_ready(breaker)
+        await supervisor.wait_ready(breaker)
         begin = time.monotonic()
 
         async def inject() -> None:
@@ -83,7 +85,7 @@ async def _run(
         offset = report.started - begin  # report times are relative to report.started
         return report, {k: v - offset for k, v in done.items()}
     finally:
-        workers.stop_workers(breaker)
+        supervisor.stop_workers(breaker)
 
 
 def _stop(local_stack: Settings | None, service: str) -> None:
@@ -218,7 +220,7 @@ def test_simulate_command_runs_on_the_stack(settings: Settings, tmp_path: Path) 
         [
             sys.executable,
             "-m",
-            "processors.cli",
+            "llmpulse",
             "simulate",
             "--instances",
             "2",

@@ -18,10 +18,11 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.breaker_view import BreakerView, Source
-from gateway.config import GatewayConfig, redis_client
-from gateway.errors import ProviderError
-from gateway.orchestrator import (
+from llmpulse.core.breaker import BreakerConfig
+from llmpulse.gateway.breaker_view import BreakerView, Source
+from llmpulse.gateway.config import GatewayConfig, redis_client
+from llmpulse.gateway.errors import ProviderError
+from llmpulse.gateway.orchestrator import (
     AllProvidersFailed,
     Completion,
     LLMCall,
@@ -30,10 +31,9 @@ from gateway.orchestrator import (
     ProviderOrchestrator,
     RequestRejected,
 )
-from processors.settings import Settings
-from schemas import serving
-from schemas.breaker import BreakerConfig
-from schemas.events import (
+from llmpulse.processors.settings import Settings
+from llmpulse.schemas import serving
+from llmpulse.schemas.events import (
     BreakerSnapshot,
     BreakerState,
     ErrorClass,

@@ -24,17 +24,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.config import GatewayConfig
-from gateway.prompts import (
+from llmpulse.core.registry import PromptState, VersionRecord
+from llmpulse.gateway.config import GatewayConfig
+from llmpulse.gateway.prompts import (
     PromptSelector,
     PromptUnavailable,
     PromptVersionView,
     assign,
     parse_view,
 )
-from processors.prompt_registry import PromptState, VersionRecord
-from processors.prompts_agent import registry_view
-from schemas.serving import prompt_key
+from llmpulse.processors.prompts.agent import registry_view
+from llmpulse.schemas.serving import prompt_key
 
 D = Decimal
 SUBJECTS = [f"user-{i}" for i in range(400)]
@@ -335,7 +335,7 @@ def _view(versions: dict[int, tuple[str, str | None]]) -> str:
 async def test_selector_serves_caches_and_survives_outage(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.prompts")
+    caplog.set_level(logging.INFO, logger="llmpulse.gateway.prompts")
     key = prompt_key(CONFIG.topic_prefix, "greet")
     rds = _client(redis_server)
     clock = FakeClock()
@@ -404,7 +404,7 @@ async def test_selector_keeps_view_when_redis_value_is_malformed(
         assert (await selector.select("greet", "u")).version.version == 1
         await rds.set(key, '{"versions": [{"version": 1, "weight": 0.5}]}')
         clock.now += 2
-        with caplog.at_level(logging.WARNING, logger="gateway.prompts"):
+        with caplog.at_level(logging.WARNING, logger="llmpulse.gateway.prompts"):
             assert (await selector.select("greet", "u")).version.content == "one"
         assert any("malformed prompt view" in r.getMessage() for r in caplog.records)
         # Nothing cached and only a malformed value: unavailable, not a ValueError.

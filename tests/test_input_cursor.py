@@ -11,9 +11,9 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors import metrics
-from processors.faust_app import ChangelogFirstTransport
-from processors.input_cursor import (
+from llmpulse.processors.stream import metrics
+from llmpulse.processors.stream.faust_app import ChangelogFirstTransport
+from llmpulse.processors.stream.input_cursor import (
     CursorStore,
     InputCursors,
     MemoryCursors,

@@ -9,11 +9,11 @@ from decimal import Decimal
 
 from clickhouse_connect.driver.client import Client
 
-from processors.breaker_transitions_sink import COLUMNS, transition_row
-from processors.clickhouse import run_query
-from processors.samples import sample_outcome
-from processors.usage_rows import USAGE_COLUMNS, payload_hash, usage_row
-from schemas.events import BreakerSnapshot, BreakerState
+from llmpulse.core.usage import USAGE_COLUMNS, payload_hash, usage_row
+from llmpulse.processors.sinks.breaker_transitions import COLUMNS, transition_row
+from llmpulse.processors.stream.clickhouse import run_query
+from llmpulse.schemas.events import BreakerSnapshot, BreakerState
+from llmpulse.simulator.samples import sample_outcome
 
 T = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)

@@ -9,12 +9,12 @@ from decimal import Decimal
 
 from clickhouse_connect.driver.client import Client
 
-from processors.ab_stats import Verdict
-from processors.clickhouse import run_query
-from processors.prompt_compare import compare, render_json, render_text
-from processors.prompt_rollup import Partial, window_start
-from processors.prompt_sinks import PERFORMANCE_COLUMNS, performance_row
-from processors.prompts_agent import performance_record
+from llmpulse.core.ab_stats import Verdict
+from llmpulse.core.rollup import Partial, window_start
+from llmpulse.processors.prompts.agent import performance_record
+from llmpulse.processors.prompts.comparison import compare, render_json, render_text
+from llmpulse.processors.sinks.prompts import PERFORMANCE_COLUMNS, performance_row
+from llmpulse.processors.stream.clickhouse import run_query
 
 T0 = datetime(2026, 7, 1, 12, 0, tzinfo=UTC).timestamp()
 PERIOD = {

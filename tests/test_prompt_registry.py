@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from processors.prompt_registry import (
+from llmpulse.core.registry import (
     PromptState,
     RegistryError,
     VersionRecord,
@@ -15,7 +15,7 @@ from processors.prompt_registry import (
     plan_create,
     plan_deactivate,
 )
-from schemas import PromptAction, PromptVersionEvent
+from llmpulse.schemas import PromptAction, PromptVersionEvent
 
 
 class Log:

@@ -28,13 +28,13 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from processors import kafka
-from processors.codec import encode
-from processors.prompt_rollup import SKETCH_ALPHA, sketch_quantile
-from processors.prompt_sinks import PromptPerformanceSink, PromptVersionsSink
-from processors.settings import Settings
-from schemas import ErrorClass, Feedback, LLMOutcome, Operation, OutcomeStatus, serving
-from schemas.topics import FEEDBACK, OUTCOMES, PROMPT_VERSIONS
+from llmpulse.core.rollup import SKETCH_ALPHA, sketch_quantile
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.sinks.prompts import PromptPerformanceSink, PromptVersionsSink
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.codec import encode
+from llmpulse.schemas import ErrorClass, Feedback, LLMOutcome, Operation, OutcomeStatus, serving
+from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, PROMPT_VERSIONS
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def _env(settings: Settings, state: Path) -> dict[str, str]:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "processors.cli", *args],
+        [sys.executable, "-m", "llmpulse", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -109,7 +109,7 @@ async def test_registry_commands_validate_and_materialize(
 
     # The registry agent materializes the active versions for the gateway.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", "prompts"],
+        [sys.executable, "-m", "llmpulse", "worker", "prompts"],
         env=env,
         stdout=(tmp_path / "w.log").open("wb"),
         stderr=subprocess.STDOUT,
@@ -205,7 +205,7 @@ async def test_rollups_equal_brute_force_with_late_events(
     outcomes: list[LLMOutcome] = []
     feedback: list[Feedback] = []
     worker = subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", "prompts"],
+        [sys.executable, "-m", "llmpulse", "worker", "prompts"],
         env=env,
         stdout=(tmp_path / "w1.log").open("wb"),
         stderr=subprocess.STDOUT,
@@ -240,7 +240,7 @@ async def test_rollups_equal_brute_force_with_late_events(
             worker.send_signal(signal.SIGKILL)
             assert worker.wait(timeout=30) == -signal.SIGKILL
             worker = subprocess.Popen(
-                [sys.executable, "-m", "processors.cli", "worker", "prompts"],
+                [sys.executable, "-m", "llmpulse", "worker", "prompts"],
                 env=env,
                 stdout=(tmp_path / "w2.log").open("wb"),
                 stderr=subprocess.STDOUT,

@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from schemas import TOPICS, EventTimeBounds, LLMOutcome
-from schemas.events import looks_like_secret
-from schemas.export import JSON_DIR, render
+from llmpulse.schemas import TOPICS, EventTimeBounds, LLMOutcome
+from llmpulse.schemas.events import looks_like_secret
+from llmpulse.schemas.export import JSON_DIR, render
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
 # Examples carry a fixed event_time; validate them against a clock near it.
@@ -132,7 +132,7 @@ def test_identifiers_never_accept_secret_shaped_text(suffix: str) -> None:
 def test_json_schema_files_are_current() -> None:
     rendered = render()
     on_disk = {p.name: p.read_text() for p in JSON_DIR.glob("*.json")}
-    assert on_disk == rendered, "run `python -m schemas.export` and commit schemas/json"
+    assert on_disk == rendered, "run `python -m llmpulse.schemas.export` and commit schemas/json"
 
 
 def test_json_schema_forbids_extra_fields_and_types_money_as_string() -> None:

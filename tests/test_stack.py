@@ -23,8 +23,8 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processors import stack
-from processors.settings import Settings
+from llmpulse.devstack import stack
+from llmpulse.processors.settings import Settings
 
 
 def _settings(state_dir: Path, **overrides: Any) -> Settings:

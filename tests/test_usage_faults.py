@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors import kafka
-from processors.codec import encode
-from processors.settings import Settings
-from processors.usage_sink import UsageSink
-from schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus
-from schemas.topics import OUTCOMES, topic_spec
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.sinks.usage import UsageSink
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.codec import encode
+from llmpulse.schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus
+from llmpulse.schemas.topics import OUTCOMES, topic_spec
 from tests.harness import committed_offsets, read_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,7 @@ def _worker_env(settings: Settings, state: Path, **extra: str) -> dict[str, str]
 
 
 def _llmpulse(*args: str) -> list[str]:
-    return [sys.executable, "-m", "processors.cli", *args]
+    return [sys.executable, "-m", "llmpulse", *args]
 
 
 async def test_sigkill_between_insert_and_commit_counts_each_event_once(

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors import kafka
-from processors.codec import encode
-from processors.dlq import DETAIL_HEADER, REASON_HEADER, PoisonLimitExceeded
-from processors.samples import sample_outcome
-from processors.settings import Settings
-from processors.usage_sink import UsageSink
-from schemas.topics import OUTCOMES, topic_spec
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.sinks.usage import UsageSink
+from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.codec import encode
+from llmpulse.processors.stream.dlq import DETAIL_HEADER, REASON_HEADER, PoisonLimitExceeded
+from llmpulse.schemas.topics import OUTCOMES, topic_spec
+from llmpulse.simulator.samples import sample_outcome
 from tests.harness import committed_offsets, read_all, wait_for
 
 pytestmark = pytest.mark.integration

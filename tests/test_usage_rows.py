@@ -9,15 +9,15 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.samples import sample_outcome
-from processors.usage_rows import (
+from llmpulse.core.usage import (
     USAGE_COLUMNS,
     Pending,
     payload_hash,
     plan_batch,
     usage_row,
 )
-from schemas import LLMOutcome
+from llmpulse.schemas import LLMOutcome
+from llmpulse.simulator.samples import sample_outcome
 
 WHEN = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -90,8 +90,8 @@ def test_fresh_ids_all_inserted() -> None:
 def test_revoked_partitions_are_dropped_from_the_sink_buffer() -> None:
     from aiokafka import TopicPartition
 
-    from processors.settings import Settings
-    from processors.usage_sink import UsageSink
+    from llmpulse.processors.settings import Settings
+    from llmpulse.processors.sinks.usage import UsageSink
 
     sink = UsageSink(Settings(), client=None, group="g")  # type: ignore[arg-type]
     rng = random.Random(4)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.settings import Settings
+from llmpulse.processors.settings import Settings
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def _start(
     env = settings.child_env(LLMPULSE_CLICKHOUSE_DSN=f"chdb://{tmp_path / name / 'chdb'}")
     out = tmp_path / f"{name}.out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "processors.cli", "worker", "all", *args],
+        [sys.executable, "-m", "llmpulse", "worker", "all", *args],
         env=env,
         stdout=out.open("wb"),
         stderr=subprocess.STDOUT,

@@ -1,0 +1,1 @@
+"""ClickHouse migrations and named queries (package data, read with ``importlib.resources``)."""

@@ -1,0 +1,1 @@
+"""Example price list and breaker configuration (package data; ``llmpulse pricing load``)."""

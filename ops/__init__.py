@@ -1,0 +1,1 @@
+"""Kafka, Prometheus and compose templates (package data, read with ``importlib.resources``)."""

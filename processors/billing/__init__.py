@@ -1,0 +1,1 @@
+"""Billing flow: cost allocation and chargeback reports, period close, price lists."""

@@ -1,0 +1,180 @@
+"""Cost reports and period close against ClickHouse (``usage_events__allocation``).
+
+Input validation lives here so every caller (CLI, demo, tests) gets the same
+one-line ``BillingInputError``: periods are explicit UTC instants, ``end`` must
+follow ``start``, an organization filter must name a known organization.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from llmpulse.processors.billing.allocation import CostReport, build_report
+from llmpulse.processors.stream.clickhouse import run_query
+
+FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+_PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+_ALLOCATION_COLUMNS = (
+    "org_id",
+    "operation",
+    "adjusts_period",
+    "requests",
+    "tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "unpriced_tokens",
+    "list_cost_usd_e6",
+    "charge_usd",
+    "rates",
+)
+
+
+class BillingInputError(ValueError):
+    """Bad report input: printed as one line, exit code 2."""
+
+
+def parse_instant(text: str, what: str) -> datetime:
+    """``YYYY-MM-DD`` (midnight UTC) or an RFC 3339 timestamp with a zone, as UTC."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BillingInputError(
+            f"{what} {text!r} is not a date (YYYY-MM-DD) or RFC 3339 timestamp"
+        ) from None
+    if value.tzinfo is None:
+        raise BillingInputError(f"{what} {text!r} has no time zone; add Z or an offset")
+    return value.astimezone(UTC)
+
+
+def parse_period(text: str) -> tuple[date, datetime, datetime]:
+    """``YYYY-MM`` -> (first day, start, end) of that UTC month."""
+    m = _PERIOD.match(text)
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise BillingInputError(f"period {text!r} is not a month in the form YYYY-MM")
+    year, month = int(m.group(1)), int(m.group(2))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return start.date(), start, end
+
+
+def check_period(start: datetime, end: datetime) -> None:
+    if end <= start:
+        raise BillingInputError(
+            f"end {end.isoformat()} must be after start {start.isoformat()} "
+            "(periods are [start, end))"
+        )
+
+
+def org_names(client: Client) -> dict[str, str]:
+    return {str(r["org_id"]): str(r["name"]) for r in run_query(client, "organizations__names", {})}
+
+
+def check_org(client: Client, org: str) -> None:
+    hits = run_query(client, "usage_events__org_known", {"org": org})[0]["hits"]
+    if not hits:
+        raise BillingInputError(
+            f"unknown organization {org!r}: no usage and no organizations entry"
+        )
+
+
+def allocation_rows(
+    client: Client,
+    start: datetime,
+    end: datetime,
+    *,
+    default_rate: Decimal,
+    org: str = "",
+    as_of: datetime = FAR_FUTURE,
+) -> list[dict[str, Any]]:
+    """Rows of ``usage_events__allocation`` (values bound server-side)."""
+    return run_query(
+        client,
+        "usage_events__allocation",
+        {"start": start, "end": end, "org": org, "as_of": as_of, "default_rate": default_rate},
+    )
+
+
+def closed_month(client: Client, period: date) -> dict[str, Any] | None:
+    rows = run_query(client, "period_closes__get", {"period": period})
+    return rows[0] if rows else None
+
+
+def cost_report(
+    client: Client,
+    start: datetime,
+    end: datetime,
+    *,
+    default_rate: Decimal,
+    org: str | None = None,
+    live: bool = False,
+) -> CostReport:
+    """The allocation report for [start, end).
+
+    For a whole closed month (and no org filter) the frozen snapshot is returned
+    unless ``live``; otherwise usage is computed now, with late usage of closed
+    months as adjustment lines of the period in which it was stored.
+    """
+    check_period(start, end)
+    if org:
+        check_org(client, org)
+    names = org_names(client)
+    if not live and not org and start.day == 1 and start.time() == datetime.min.time():
+        first, p_start, p_end = parse_period(start.strftime("%Y-%m"))
+        close = closed_month(client, first)
+        if close and (p_start, p_end) == (start, end):
+            rows = run_query(client, "closed_allocations__snapshot", {"period": first})
+            closed_at = close["closed_at"]
+            assert isinstance(closed_at, datetime)
+            return build_report(start, end, rows, names, closed_at=closed_at.replace(tzinfo=UTC))
+    rows = allocation_rows(client, start, end, default_rate=default_rate, org=org or "")
+    return build_report(start, end, rows, names)
+
+
+def close_period(
+    client: Client,
+    period: str,
+    *,
+    default_rate: Decimal,
+    settle_seconds: float = 1.0,
+    now: datetime | None = None,
+) -> CostReport:
+    """Freeze a finished month's allocation; refuses a month already closed or not over.
+
+    ``closed_at`` is fixed first; after ``settle_seconds`` (so inserts stamped
+    before it are visible) the snapshot takes exactly the rows stored up to
+    ``closed_at``. Rows stored later are adjustments (see the allocation query).
+    """
+    first, start, end = parse_period(period)
+    closed_at = now or datetime.now(UTC)
+    if end > closed_at:
+        raise BillingInputError(f"period {period} has not ended yet (it ends {end.isoformat()})")
+    if closed_month(client, first):
+        raise BillingInputError(f"period {period} is already closed; its snapshot never changes")
+    # A crash between the two inserts below leaves rows without a close record.
+    client.command(
+        "ALTER TABLE closed_allocations DELETE WHERE period = {period:Date} "
+        "SETTINGS mutations_sync = 1",
+        parameters={"period": first},
+    )
+    time.sleep(settle_seconds)
+    rows = allocation_rows(client, start, end, default_rate=default_rate, as_of=closed_at)
+    if rows:
+        client.insert(
+            "closed_allocations",
+            [[first, *(r[c] for c in _ALLOCATION_COLUMNS), closed_at] for r in rows],
+            column_names=["period", *_ALLOCATION_COLUMNS, "closed_at"],
+        )
+    client.insert(
+        "period_closes",
+        [[first, start, end, closed_at]],
+        column_names=["period", "period_start", "period_end", "closed_at"],
+    )
+    return build_report(start, end, rows, org_names(client), closed_at=closed_at)

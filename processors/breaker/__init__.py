@@ -1,0 +1,1 @@
+"""Breaker flow: the fleet-wide circuit-breaker agent, its configuration, operator controls."""

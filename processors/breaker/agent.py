@@ -1,0 +1,321 @@
+"""Fleet-wide circuit breaker: ``llm.outcomes.v1`` + ``llm.breaker-control.v1`` -> state.
+
+One Faust agent reads outcomes (keyed by provider, no repartition) and operator
+controls (same key and partition count) into the changelog-backed table
+``breaker_state``: one writer per provider, restored after a crash. Every
+transition is published as a versioned ``BreakerSnapshot`` to Redis (applied
+only if newer), to the compacted ``llm.breaker-state.v1``, to
+``llm.breaker-transitions.v1`` (loaded into ClickHouse ``breaker_transitions``
+by the sink) and to Prometheus. Events are applied in offset order, once per
+assignment: in-memory input cursors skip re-deliveries and re-read any records
+Faust drops after a rebalance (``llmpulse.processors.stream.input_cursor``).
+
+Open -> half_open happens on time without traffic: a timer derives the due
+transition from the stored state (deterministic: it happens at ``open_until``
+with the next version) and publishes it; the agent stores the same transition
+when the provider's next event arrives. The timer also re-applies every
+snapshot to Redis, so Redis recovers from restarts or outages on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from llmpulse.core.breaker import BreakerCore, Transition, Verdict, classify
+from llmpulse.processors.breaker.config import BreakerConfigs
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import metrics
+from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
+from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
+from llmpulse.processors.stream.faust_app import FaustProducer, create_app, run
+from llmpulse.processors.stream.input_cursor import InputCursors, MemoryCursors, Step
+from llmpulse.schemas import serving
+from llmpulse.schemas.events import (
+    BREAKER_STATE_GAUGE,
+    BreakerControl,
+    BreakerSnapshot,
+    BreakerState,
+    LLMOutcome,
+)
+from llmpulse.schemas.topics import (
+    BREAKER_CONTROL,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS,
+    DLQ_SUFFIX,
+    OUTCOMES,
+)
+
+log = logging.getLogger(__name__)
+FLOW = "breaker_state"
+_WRITE_EVERY = 1.0
+_NAMESPACE = uuid.UUID("0b4a3f0e-3c1d-4a47-9d0e-6c1b2a9f7e55")
+
+
+def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -> BreakerSnapshot:
+    """Serving view after transition ``t`` (default: the current state).
+
+    The event id is stable per (provider, version), so a re-sent snapshot is
+    recognisably the same event downstream.
+    """
+    calls, fails, _ = core.calls_in_window(now)
+    current = t is None or t.version == core.version
+    version = core.version if t is None else t.version
+    since = core.since if t is None else t.at
+    previous = core.previous_state if t is None else t.from_state
+    reason = core.reason if t is None else t.reason
+    return BreakerSnapshot(
+        event_id=uuid.uuid5(_NAMESPACE, f"{core.provider}:{version}"),
+        event_time=since if since.year > 1970 else now,
+        provider=core.provider,
+        state=core.state if t is None else t.to_state,
+        version=version,
+        since=since,
+        as_of=now,
+        failure_rate=fails / calls if calls else 0.0,
+        calls_in_window=calls,
+        next_attempt_at=core.open_until if current else None,
+        previous_state=previous,
+        reason=reason,
+        probe_permits=core.config.half_open_probes,
+    )
+
+
+class BreakerService:
+    """Wiring of the breaker core to Faust, Redis, Kafka and Prometheus."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        configs: BreakerConfigs | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.configs = configs or BreakerConfigs.load(settings.breaker_config_file)
+        self._model_keys_json = json.dumps(self.configs.model_keys())  # for the gateway
+        self.clock = clock
+        self.app = create_app(settings, "breaker")
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.outcomes = settings.topic(OUTCOMES)
+        self.controls = settings.topic(BREAKER_CONTROL)
+        self.source = self.app.topic(self.outcomes, self.controls, **raw)
+        self.state_topic = self.app.topic(settings.topic(BREAKER_STATE), **raw)
+        self.transitions_topic = self.app.topic(settings.topic(BREAKER_TRANSITIONS), **raw)
+        self.table = self.app.Table(FLOW, default=None, partitions=6)
+        self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
+        self.dlq = DeadLetterPublisher(
+            FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
+        )
+        self._published: dict[str, int] = {}
+        self._publish_locks: dict[str, asyncio.Lock] = {}
+        # Breakers of the partitions this worker owns, authoritative in process;
+        # the table (changelog) gets every transition at once and window counts
+        # at most every ``_WRITE_EVERY`` seconds per breaker (see ``_store``).
+        self._cores: dict[str, BreakerCore] = {}
+        self._written: dict[str, float] = {}
+        self.app.on_partitions_revoked.connect(self._forget)
+        self._set_if_newer = self.redis.register_script(serving.SET_IF_NEWER)
+        self._release = self.redis.register_script(serving.RELEASE_PERMIT)
+        self.cursors = InputCursors(self.app, MemoryCursors([self.outcomes, self.controls]), FLOW)
+        self.app.agent(self.source, name="breaker")(self._process)
+        self.app.timer(settings.breaker_tick_seconds)(self._tick)
+
+    # --- agent ---------------------------------------------------------------------
+    async def _process(self, stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            if await self.cursors.step(msg.topic, msg.partition, msg.offset) is not Step.APPLY:
+                continue  # delivered again, or past a hole being re-read
+            try:
+                if msg.topic == self.controls:
+                    await self._on_control(
+                        decode(BreakerControl, event.value, bounds=self._bounds())
+                    )
+                else:
+                    await self._on_outcome(decode(LLMOutcome, event.value, bounds=self._bounds()))
+            except PoisonEvent as poison:
+                # Poison never changes state; raising would only ack it silently.
+                await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
+                self.dlq.poisoned(record)
+            else:
+                self.dlq.ok(record)
+            self.cursors.advance(msg.topic, msg.partition, msg.offset)
+
+    def _bounds(self) -> Any:
+        return self.settings.event_time_bounds
+
+    def _load(self, key: str) -> BreakerCore:
+        core = self._cores.get(key)
+        if core is None:
+            data = self.table.get(key)
+            config = self.configs.config_for(key)
+            core = BreakerCore.from_dict(data, config) if data else BreakerCore(key, config)
+            self._cores[key] = core
+        return core
+
+    def _store(self, core: BreakerCore, changed_state: bool) -> None:
+        """Write to the changelog-backed table: always on a transition, else coalesced.
+
+        A crash can lose at most ``_WRITE_EVERY`` seconds of window counts of a
+        breaker, never a state, version or open deadline.
+        """
+        now = time.monotonic()
+        if changed_state or now - self._written.get(core.provider, 0.0) >= _WRITE_EVERY:
+            self.table[core.provider] = core.to_dict()
+            self._written[core.provider] = now
+
+    async def _forget(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # Another worker may own these breakers now: reload from the table later.
+        self._cores.clear()
+        self._written.clear()
+
+    async def _on_outcome(self, outcome: LLMOutcome) -> None:
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.outcomes).inc()
+        key = self.configs.key_for(outcome.provider, outcome.model)
+        core = self._load(key)
+        now = self.clock()
+        transitions = core.tick(now)
+        half_open = core.version if core.state is BreakerState.half_open else None
+        call = classify(outcome, core.config)
+        transitions += core.record(call, now)
+        self._store(core, bool(transitions))
+        # A successful probe frees its permit for the next probe of the same period,
+        # unless it closed the breaker: freed then, the permit could be taken by a
+        # caller that has not yet seen the closed snapshot (one probe too many).
+        if (
+            outcome.is_probe
+            and half_open is not None
+            and call.verdict is Verdict.success
+            and core.state is BreakerState.half_open
+        ):
+            await self._release_permit(
+                key, half_open, str(outcome.request_id), core.config.half_open_probes
+            )
+        await self._publish(core, transitions, now)
+
+    async def _on_control(self, control: BreakerControl) -> None:
+        key = control.provider
+        core = self._load(key)
+        now = self.clock()
+        transitions = core.control(control.action, now, control.until)
+        self._store(core, True)
+        await self._publish(core, transitions, now)
+
+    # --- timer -----------------------------------------------------------------------
+    async def _tick(self) -> None:
+        now = self.clock()
+        await self._heartbeat(now)
+        for key, data in list(self.table.items()):
+            if not data:
+                continue
+            cached = self._cores.get(key)
+            base = cached.to_dict() if cached else data
+            core = BreakerCore.from_dict(base, self.configs.config_for(key))
+            # Derived only: the agent stores the same transition on the next event.
+            transitions = core.tick(now)
+            await self._publish(core, transitions, now, resync=True)
+
+    # --- publishing --------------------------------------------------------------------
+    async def _publish(
+        self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool = False
+    ) -> None:
+        # One publisher per provider at a time: the agent and the timer both publish,
+        # and interleaved at the awaits below they would both send the same version.
+        lock = self._publish_locks.setdefault(core.provider, asyncio.Lock())
+        async with lock:
+            await self._publish_locked(core, transitions, now, resync)
+
+    async def _publish_locked(
+        self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool
+    ) -> None:
+        last = self._published.get(core.provider, -1)
+        snapshots = [snapshot_of(core, now, t) for t in transitions if t.version > last]
+        if not snapshots and core.version > last and core.version > 0:
+            # Restored after a restart: the last transition may never have reached
+            # the topics (killed before the send completed). Sending it again is
+            # harmless: compaction and ClickHouse dedup by (provider, version).
+            snapshots = [snapshot_of(core, now)]
+        key = core.provider.encode()
+        for snap in snapshots:
+            value = encode(snap)
+            # Acknowledged by the broker before Redis shows the state.
+            await (await self.state_topic.send(key=key, value=value))
+            await (await self.transitions_topic.send(key=key, value=value))
+        for t in transitions:
+            if t.version > last:
+                metrics.BREAKER_TRANSITIONS.labels(
+                    provider=core.provider, from_state=t.from_state.value, to_state=t.to_state.value
+                ).inc()
+        metrics.CIRCUIT_BREAKER_STATE.labels(provider=core.provider).set(
+            BREAKER_STATE_GAUGE[core.state]
+        )
+        if transitions or resync or core.version > last:
+            await self._to_redis(snapshot_of(core, now, transitions[-1] if transitions else None))
+        self._published[core.provider] = max(last, core.version)
+
+    async def _to_redis(self, snap: BreakerSnapshot) -> None:
+        prefix = self.settings.topic_prefix
+        try:
+            applied = await self._set_if_newer(
+                keys=[serving.breaker_key(prefix, snap.provider)],
+                args=[snap.version, snap.model_dump_json(), serving.breaker_channel(prefix)],
+            )
+            if applied:
+                metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
+                    max(0.0, (datetime.now(UTC) - snap.since).total_seconds())
+                )
+        except (aioredis.RedisError, OSError) as exc:
+            # Redis is a rebuildable view: the timer re-applies snapshots when it is back.
+            log.warning(
+                "redis unavailable, snapshot v%d of %s deferred: %s",
+                snap.version,
+                snap.provider,
+                exc,
+            )
+
+    async def _heartbeat(self, now: datetime) -> None:
+        """Tell readers this worker is alive (their views go stale without it), and which
+        models have breakers of their own."""
+        prefix = self.settings.topic_prefix
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(
+                    serving.heartbeat_key(prefix),
+                    int(now.timestamp() * 1000),
+                    px=serving.HEARTBEAT_TTL_MS,
+                )
+                pipe.set(
+                    serving.model_breakers_key(prefix),
+                    self._model_keys_json,
+                    px=serving.HEARTBEAT_TTL_MS,
+                )
+                await pipe.execute()
+        except (aioredis.RedisError, OSError) as exc:
+            log.debug("redis unavailable, heartbeat skipped: %s", exc)
+
+    async def _release_permit(self, key: str, generation: int, holder: str, slots: int) -> None:
+        try:
+            await self._release(
+                keys=serving.permit_keys(self.settings.topic_prefix, key, generation, slots),
+                args=[holder],
+            )
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("redis unavailable, probe permit left to expire: %s", exc)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the breaker agent until SIGINT/SIGTERM (Faust's worker owns the event loop)."""
+    run(BreakerService(settings).app)
+
+
+__all__ = ["BreakerService", "run_worker", "snapshot_of"]

@@ -1,0 +1,1 @@
+"""Prompt flow: rollup agent and registry view, registry operations, A/B comparison."""

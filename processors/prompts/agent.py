@@ -1,0 +1,383 @@
+"""Prompt performance rollups and the registry materializer (``llmpulse worker prompts``).
+
+Rollups: two Faust agents read ``llm.outcomes.v1`` (6 partitions) and
+``llm.feedback.v1`` (3 partitions) without repartitioning. Each keeps partial
+aggregates per (prompt version, window size, window start, source partition)
+in a changelog-backed table, so every key has one writer and a restarted
+worker continues exactly (``prompt_rollup.Partial.seen``). Each table also keeps
+an input cursor per source partition, so events are applied strictly in offset
+order even where Faust skips some after a rebalance (``llmpulse.processors.stream.input_cursor``).
+Windows are tumbling, by event time, closed ``prompt_window_grace_seconds``
+after their end; a closed window is emitted to ``llm.prompt-performance.v1`` (the sink
+loads it into ClickHouse ``prompt_performance``). Events that arrive later are
+counted (``llmpulse_late_events_total``) and emitted as correction partials.
+Downstream, partials and corrections simply add up.
+
+Registry: a task follows the compacted ``llm.prompt-versions.v1`` from the
+beginning and writes each prompt's active versions with their effective A/B
+weights to Redis (``llmpulse.schemas.serving.prompt_key``) for the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+
+from llmpulse.core.registry import PromptState, fold
+from llmpulse.core.rollup import Partial, partial_key, window_start
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka, metrics
+from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
+from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
+from llmpulse.processors.stream.faust_app import FaustProducer, changelog_written, create_app, run
+from llmpulse.processors.stream.input_cursor import InputCursors, Step, TableCursors, is_cursor_key
+from llmpulse.schemas import serving
+from llmpulse.schemas.events import (
+    Feedback,
+    LLMOutcome,
+    OutcomeStatus,
+    PromptPerformance,
+    PromptVersionEvent,
+)
+from llmpulse.schemas.topics import (
+    DLQ_SUFFIX,
+    FEEDBACK,
+    OUTCOMES,
+    PROMPT_PERFORMANCE,
+    PROMPT_VERSIONS,
+)
+
+log = logging.getLogger(__name__)
+FLOW = "prompt_performance"
+_NAMESPACE = uuid.UUID("6f1c2b7a-0d4e-4c53-9a8e-1b2c3d4e5f60")
+_SWEEP_EVERY = 1.0
+
+
+def record_id(p: Partial, source_topic: str) -> uuid.UUID:
+    """Id of the emitted record of a partial: stable across re-emission."""
+    return uuid.uuid5(_NAMESPACE, f"{source_topic}|{p.key()}|{p.first_offset}")
+
+
+def performance_record(p: Partial, source_topic: str) -> PromptPerformance:
+    """The emitted form of a closed partial."""
+    start = datetime.fromtimestamp(p.window_start, UTC)
+    return PromptPerformance(
+        event_id=record_id(p, source_topic),
+        event_time=datetime.fromtimestamp(p.window_start + p.window_seconds, UTC),
+        prompt_name=p.prompt_name,
+        prompt_version=p.prompt_version,
+        window_seconds=p.window_seconds,
+        window_start=start,
+        source_topic=source_topic,
+        source_partition=p.partition,
+        first_offset=p.first_offset,
+        is_correction=p.is_correction,
+        executions=p.executions,
+        successes=p.successes,
+        failures=p.failures,
+        latency_sum_ms=p.latency_sum_ms,
+        latency_sq_ms=p.latency_sq_ms,
+        latency_sketch=dict(p.latency_sketch),
+        input_tokens=p.input_tokens,
+        output_tokens=p.output_tokens,
+        cost_usd=p.cost_usd,
+        cost_sq=p.cost_sq,
+        feedback_count=p.feedback_count,
+        feedback_sum=p.feedback_sum,
+        feedback_sq=p.feedback_sq,
+    )
+
+
+def registry_view(prompt: PromptState) -> dict[str, Any]:
+    """The Redis serving view of one prompt: active versions and effective weights."""
+    weights = prompt.effective_weights()
+    return {
+        "prompt_name": prompt.name,
+        "versions": [
+            {
+                "version": v.version,
+                "weight": str(weights[v.version]),
+                "content": v.content,
+                "system_message": v.system_message,
+                "temperature": str(v.temperature) if v.temperature is not None else None,
+                "max_tokens": v.max_tokens,
+                "model": v.model,
+            }
+            for v in prompt.active()
+        ],
+    }
+
+
+class PromptsService:
+    """Wiring of the rollup logic to Faust, Kafka and Redis."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.app = create_app(settings, "prompts")
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.sources = {
+            settings.topic(OUTCOMES): self.app.Table(
+                "partials_outcomes", default=None, partitions=6
+            ),
+            settings.topic(FEEDBACK): self.app.Table(
+                "partials_feedback", default=None, partitions=3
+            ),
+        }
+        self.cursors = InputCursors(self.app, TableCursors(self.sources), FLOW)
+        self.perf_topic = settings.topic(PROMPT_PERFORMANCE)
+        self.dlq = DeadLetterPublisher(
+            FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
+        )
+        # Record id -> last offset it was emitted with (timer emissions are not
+        # written to the table, so a record that grew is emitted again; the sink's
+        # ReplacingMergeTree keeps the latest copy).
+        self._emitted: dict[str, int] = {}
+        self._last_sweep: dict[tuple[str, int], float] = {}
+        outcomes = self.app.topic(settings.topic(OUTCOMES), **raw)
+        feedback = self.app.topic(settings.topic(FEEDBACK), **raw)
+        self.app.agent(outcomes, name="prompt-outcomes")(self._process)
+        self.app.agent(feedback, name="prompt-feedback")(self._process)
+        self.app.timer(1.0)(self._emit_idle_windows)
+        self.app.task(self._materialize_registry)
+
+    # --- agents -------------------------------------------------------------------------
+    async def _process(self, stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            table = self.sources[msg.topic]
+            if await self.cursors.step(msg.topic, msg.partition, msg.offset) is not Step.APPLY:
+                continue  # a replay already in the state, or past a hole being re-read
+            try:
+                if msg.topic == self.settings.topic(OUTCOMES):
+                    self._on_outcome(
+                        table,
+                        decode(LLMOutcome, event.value, bounds=self.settings.event_time_bounds),
+                        msg.partition,
+                        msg.offset,
+                    )
+                else:
+                    self._on_feedback(
+                        table,
+                        decode(Feedback, event.value, bounds=self.settings.event_time_bounds),
+                        msg.partition,
+                        msg.offset,
+                    )
+            except PoisonEvent as poison:
+                await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
+                self.dlq.poisoned(record)
+            else:
+                self.dlq.ok(record)
+            self.cursors.advance(msg.topic, msg.partition, msg.offset)
+            await self._sweep(msg.topic, msg.partition)
+
+    def _partials(
+        self, table: Any, name: str, version: int, ts: float, partition: int, offset: int
+    ) -> list[Partial]:
+        """The partial of every window size this event belongs to (late -> correction)."""
+        now = self.clock()
+        grace = self.settings.prompt_window_grace_seconds
+        out = []
+        for size in self.settings.prompt_windows:
+            start = window_start(ts, size)
+            late = now >= start + size + grace
+            key = partial_key(name, version, size, start, partition, late)
+            data = table.get(key)
+            partial = Partial.from_dict(data) if data else None
+            if late and (partial is None or partial.emitted):
+                # A new correction starts above every offset this window has applied
+                # (regular partial and earlier corrections), so an event replayed
+                # after a crash is never counted twice.
+                regular = table.get(partial_key(name, version, size, start, partition, False))
+                watermark = max(
+                    partial.last_offset if partial else -1,
+                    int(regular["last_offset"]) if regular else -1,
+                )
+                partial = Partial(
+                    name, version, size, start, partition, offset, True, last_offset=watermark
+                )
+            elif partial is None:
+                partial = Partial(name, version, size, start, partition, offset, False)
+            if late and not partial.seen(offset):
+                metrics.LATE_EVENTS.labels(flow=FLOW).inc()
+            out.append(partial)
+        return out
+
+    def _on_outcome(self, table: Any, o: LLMOutcome, partition: int, offset: int) -> None:
+        if o.prompt_name is None or o.prompt_version is None:
+            return
+        if o.status is OutcomeStatus.cancelled:
+            return  # the caller gave up: not an execution result of the prompt version
+
+        def add(p: Partial) -> None:
+            p.add_outcome(
+                offset,
+                success=o.status is OutcomeStatus.success,
+                latency_ms=o.latency_ms,
+                input_tokens=o.input_tokens,
+                output_tokens=o.output_tokens,
+                cost_usd=o.cost_usd,
+            )
+
+        self._apply(
+            table, OUTCOMES, o.prompt_name, o.prompt_version, o.event_time, partition, offset, add
+        )
+
+    def _on_feedback(self, table: Any, f: Feedback, partition: int, offset: int) -> None:
+        self._apply(
+            table,
+            FEEDBACK,
+            f.prompt_name,
+            f.prompt_version,
+            f.event_time,
+            partition,
+            offset,
+            lambda p: p.add_feedback(offset, f.score),
+        )
+
+    def _apply(
+        self,
+        table: Any,
+        source: str,
+        name: str,
+        version: int,
+        event_time: datetime,
+        partition: int,
+        offset: int,
+        add: Callable[[Partial], None],
+    ) -> None:
+        """Add one event to the partial of each window size (once: replays are skipped)."""
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(source)).inc()
+        for p in self._partials(table, name, version, event_time.timestamp(), partition, offset):
+            if p.seen(offset):
+                continue
+            add(p)
+            table[p.key()] = p.to_dict()
+
+    # --- closing windows -------------------------------------------------------------------
+    def _partials_in(
+        self, table: Any, partition: int | None = None
+    ) -> Iterator[tuple[str, Partial]]:
+        """The partials in ``table`` (of one source partition if given), cursors skipped."""
+        for key, data in list(table.items()):
+            if is_cursor_key(key) or not data:
+                continue
+            if partition is None or int(data["partition"]) == partition:
+                yield key, Partial.from_dict(data)
+
+    async def _sweep(self, topic: str, partition: int) -> None:
+        """In-stream (so table writes go to this partition): emit closed, drop old partials."""
+        now = self.clock()
+        if now - self._last_sweep.get((topic, partition), 0.0) < _SWEEP_EVERY:
+            return
+        self._last_sweep[(topic, partition)] = now
+        table = self.sources[topic]
+        grace = self.settings.prompt_window_grace_seconds
+        keep = self.settings.prompt_partial_retention_seconds
+        due: dict[str, Partial] = {}
+        for key, p in self._partials_in(table, partition):
+            if not p.closed(now, grace):
+                continue
+            if not p.emitted:
+                due[key] = p
+            elif p.closed(now, grace + keep):
+                # Long closed: no uncommitted replay can still belong to it.
+                del table[key]
+        await self._emit(list(due.values()), topic)
+        for key, p in due.items():
+            p.emitted = True
+            table[key] = p.to_dict()
+
+    async def _emit(self, partials: list[Partial], topic: str) -> None:
+        if not partials:
+            return
+        # Only durable state leaves the worker: were a partial lost in a crash, its
+        # replayed events could land in a correction as well (counted twice).
+        await changelog_written(self.app)
+        for p in partials:
+            rec = performance_record(p, topic)
+            await self.app.producer.send_and_wait(
+                self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
+            )
+            self._emitted[str(rec.event_id)] = p.last_offset
+            metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
+                max(0.0, self.clock() - rec.event_time.timestamp())
+            )
+
+    async def _emit_idle_windows(self) -> None:
+        """Emit windows that closed while their partition had no traffic (no table write)."""
+        now = self.clock()
+        grace = self.settings.prompt_window_grace_seconds
+        for topic, table in self.sources.items():
+            due = [
+                p
+                for _, p in self._partials_in(table)
+                if p.closed(now, grace)
+                and not p.emitted
+                and self._emitted.get(str(record_id(p, topic))) != p.last_offset
+            ]
+            await self._emit(due, topic)
+
+    # --- registry -----------------------------------------------------------------------------
+    async def _materialize_registry(self) -> None:
+        """Follow the registry topic from the start; write each changed prompt to Redis."""
+        topic = self.settings.topic(PROMPT_VERSIONS)
+        rds = aioredis.Redis.from_url(str(self.settings.redis_url), socket_timeout=2)
+        consumer = kafka.consumer(self.settings, group=f"llmpulse-registry-{uuid.uuid4().hex[:8]}")
+        await consumer.start()
+        events: list[PromptVersionEvent] = []
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                changed: set[str] = set()
+                for records in batch.values():
+                    for r in records:
+                        try:
+                            e = decode(
+                                PromptVersionEvent, r.value, bounds=self.settings.event_time_bounds
+                            )
+                        except PoisonEvent as poison:
+                            log.warning("invalid registry event at offset %d: %s", r.offset, poison)
+                            continue
+                        events.append(e)
+                        changed.add(e.prompt_name)
+                if changed:
+                    state = fold(events)
+                    await self._write_registry(rds, [state[name] for name in changed])
+        finally:
+            await consumer.stop()
+            await rds.aclose()
+
+    async def _write_registry(self, rds: aioredis.Redis, prompts: list[PromptState]) -> None:
+        while True:
+            try:
+                for prompt in prompts:
+                    await rds.set(
+                        serving.prompt_key(self.settings.topic_prefix, prompt.name),
+                        json.dumps(registry_view(prompt)),
+                    )
+                return
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("redis unavailable, registry view retried in 1s: %s", exc)
+                await asyncio.sleep(1)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the prompts worker until SIGINT/SIGTERM (Faust owns the event loop)."""
+    run(PromptsService(settings).app)
+
+
+__all__ = ["PromptsService", "performance_record", "registry_view", "run_worker"]

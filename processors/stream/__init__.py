@@ -1,0 +1,1 @@
+"""The stream edge: bytes in and out, Kafka, Faust, ClickHouse, DLQ, metrics."""

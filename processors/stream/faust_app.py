@@ -1,0 +1,191 @@
+"""Faust app factory: configuration only from Settings (``env={}``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import FutureMessage
+
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream import kafka
+
+log = logging.getLogger(__name__)
+
+#: Changelog-backed tables of the Faust apps: (app name, table name, partitions).
+#: ``llmpulse topics create`` creates their changelog topics up front: a topic
+#: that Faust creates lazily can be missing from its metadata when the first
+#: event arrives, and the table write then crashes the agent (losing the event).
+TABLES: tuple[tuple[str, str, int], ...] = (
+    ("breaker", "breaker_state", 6),
+    ("prompts", "partials_outcomes", 6),
+    ("prompts", "partials_feedback", 3),
+)
+
+
+def app_id(settings: Settings, name: str) -> str:
+    """Faust app id (and consumer group) of flow ``name``, carrying the topic prefix."""
+    return f"{settings.topic_prefix}llmpulse-{name}"
+
+
+def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
+    """(changelog topic, partitions) of every Faust table."""
+    return [(f"{app_id(settings, app)}-{table}-changelog", n) for app, table, n in TABLES]
+
+
+class AckTrackingProducer(faust_aiokafka.Producer):
+    """Faust's producer, remembering every buffered message until Kafka acknowledged it.
+
+    Table changelog writes go through ``send_soon`` (a buffer); the returned
+    ``FutureMessage`` resolves on the broker's acknowledgement (or fails).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unacknowledged: set[FutureMessage] = set()
+
+    def send_soon(self, fut: FutureMessage) -> None:
+        self.unacknowledged.add(fut)
+        fut.add_done_callback(self.unacknowledged.discard)
+        super().send_soon(fut)
+
+
+#: ``(tp, offset) -> offset that may be committed`` (None: commit nothing for tp).
+CommitLimit = Callable[[TP, int], "int | None"]
+
+
+async def changelog_written(app: Any) -> None:
+    """Wait until every changelog write buffered so far is acknowledged (raise the first failure).
+
+    Before an offset commit (``ChangelogFirstConsumer``) and before a result
+    derived from table state is published: what leaves the worker is durable.
+    """
+    pending = list(getattr(app.producer, "unacknowledged", ()))
+    if pending:
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+
+
+class ChangelogFirstConsumer(faust_aiokafka.Consumer):
+    """Commits source offsets only after the table changelog writes before them.
+
+    Faust commits source offsets on a timer after a best-effort producer flush
+    (its buffer flush gives up after 0.1 s without progress and does not see a
+    send that is waiting for metadata). A worker killed after such a commit
+    restarts from an offset whose table updates never reached the changelog:
+    those events are lost from the restored state. Here every changelog write
+    buffered before the commit must be acknowledged (``acks=all``) first, so the
+    changelog is always at or ahead of the committed offsets; replays past it are
+    skipped by the tables' own per-partition offset bookkeeping. A write that
+    failed stops the worker (fatal): committing past it would lose it for good,
+    and a restart replays from the last safe offset.
+
+    Offsets are also held at the app's commit limit, if it set one
+    (``limit_commits``): the input cursors of its tables
+    (``llmpulse.processors.stream.input_cursor``), so a commit never passes an event that Faust
+    acknowledged without delivering it.
+    """
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        limit: CommitLimit | None = getattr(self.transport, "commit_limit", None)
+        if limit is not None:
+            limited = {tp: limit(tp, offset) for tp, offset in offsets.items()}
+            offsets = {tp: offset for tp, offset in limited.items() if offset is not None}
+            if not offsets:
+                return False
+        try:
+            await changelog_written(self.app)
+        except Exception as failed:
+            log.error("a changelog write failed; stopping before committing past it")
+            await self.crash(failed)
+            return False
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
+    async def committed(self, tp: TP) -> int | None:
+        """The group's committed offset of ``tp`` (None: nothing committed yet)."""
+        thread: Any = self._thread  # Faust's aiokafka consumer thread
+        offset = await thread.call_thread(thread._ensure_consumer().committed, tp)
+        return None if offset is None else int(offset)
+
+
+class ChangelogFirstTransport(faust_aiokafka.Transport):
+    Consumer = ChangelogFirstConsumer
+    Producer = AckTrackingProducer
+    commit_limit: CommitLimit | None = None
+
+
+def limit_commits(app: faust.App, limit: CommitLimit) -> None:
+    """Commit source offsets of ``app`` only up to ``limit`` (its input cursors)."""
+    transport = app.transport
+    assert isinstance(transport, ChangelogFirstTransport), "app not made by create_app"
+    transport.commit_limit = limit
+
+
+def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
+    """A Faust app for one flow; its id (and consumer group) carries the topic prefix.
+
+    Tables use the in-memory store and are rebuilt from their changelog topics on
+    start, so a crashed worker restarts with the state it had committed.
+    """
+    options: dict[str, Any] = {
+        "broker": f"kafka://{kafka.bootstrap(settings)}",
+        "store": "memory://",
+        "env": {},  # stray FAUST_* / environment variables must not override Settings
+        "topic_replication_factor": settings.topic_replication,
+        "topic_partitions": 6,
+        "web_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+        "processing_guarantee": "at_least_once",
+        "broker_commit_every": 1000,
+        "broker_commit_interval": 1.0,
+        "table_standby_replicas": 0,
+        # A crashed worker's partitions move to its replacement within seconds.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 1.0,
+        "producer_acks": -1,
+        "datadir": str((settings.state_dir / "faust" / f"{settings.topic_prefix}{name}").resolve()),
+    }
+    options.update(overrides)
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(app_id(settings, name), **options)
+    app.transport = ChangelogFirstTransport(app.conf.broker_consumer, app)
+    return app
+
+
+def run(app: faust.App) -> None:
+    """Run ``app`` in a Faust worker until SIGINT/SIGTERM (the worker owns the event loop).
+
+    Without its terminal spinner: Faust sets the root logger to DEBUG for it,
+    so every debug call in Faust and aiokafka built a log record per message
+    (about 8% of the rollup worker's CPU).
+    """
+    worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False)
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
+class FaustProducer:
+    """``send_and_wait`` shape expected by ``DeadLetterPublisher``, over Faust's producer."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> object:
+        return await self._app.producer.send_and_wait(topic, key, value, partition, None, headers)

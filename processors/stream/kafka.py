@@ -1,0 +1,82 @@
+"""aiokafka clients built from Settings (one place for client options)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import BaseModel
+
+from llmpulse.processors.settings import ServiceAddressMissing, Settings
+from llmpulse.processors.stream.codec import PoisonEvent, decode
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def bootstrap(settings: Settings) -> str:
+    """Kafka bootstrap servers of ``settings``.
+
+    Workers never look up the local stack themselves: the CLI (or a test
+    harness) fills the addresses in before it hands the settings down.
+    """
+    if not settings.kafka_bootstrap:
+        raise ServiceAddressMissing("kafka_bootstrap")
+    return settings.kafka_bootstrap
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer with ``acks=all`` (not started)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def consumer(settings: Settings, *topics: str, group: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer with manual commits, reading from the earliest offset (not started)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(settings),
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def read_from_start(
+    settings: Settings, topic: str, partitions: int, model: type[M]
+) -> list[M]:
+    """Every valid event now in ``topic`` (all partitions, from the beginning, in order).
+
+    Invalid values are skipped (the consuming workers dead-letter them). Reads up
+    to the end offsets taken at the start, so it returns even on a busy topic.
+    """
+    # A throwaway group id: aiokafka 0.14 raises on stop() for group_id=None consumers.
+    reader = consumer(settings, group=f"llmpulse-reader-{uuid.uuid4().hex[:8]}")
+    await reader.start()
+    events: list[M] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        reader.assign(parts)
+        await reader.seek_to_beginning(*parts)
+        ends = await reader.end_offsets(parts)
+        while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
+            batch = await reader.getmany(timeout_ms=500)
+            for tp in parts:
+                for r in batch.get(tp, []):
+                    try:
+                        events.append(decode(model, r.value, bounds=settings.event_time_bounds))
+                    except PoisonEvent:
+                        continue
+    finally:
+        await reader.stop()
+    return events
