@@ -5,7 +5,7 @@
 # Run:    docker run --rm -e LLMPULSE_KAFKA_BOOTSTRAP=kafka:9092 \
 #           -e LLMPULSE_CLICKHOUSE_DSN=http://user:pw@clickhouse:8123/llmpulse llmpulse worker sink
 #
-# Configuration comes only from LLMPULSE_* variables (see processors/settings.py):
+# Configuration comes only from LLMPULSE_* variables (see llmpulse.processors.settings):
 #   LLMPULSE_KAFKA_BOOTSTRAP   host:port[,host:port]
 #   LLMPULSE_CLICKHOUSE_DSN    http(s)://user:password@host:port/database (a ClickHouse server;
 #                              without it llmpulse uses embedded chDB under LLMPULSE_STATE_DIR)
@@ -28,13 +28,21 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# README* is optional for the build (pyproject names it as the long description).
-COPY pyproject.toml README* ./
+# The package sources: llmpulse/ holds relative symlinks to the top-level folders, so
+# they are copied as they are in the checkout. README* is the long description.
+COPY pyproject.toml LICENSE README* ./
+COPY llmpulse/ llmpulse/
 COPY schemas/ schemas/
-COPY processors/ processors/
+COPY core/ core/
 COPY gateway/ gateway/
+COPY processors/ processors/
+COPY cli/ cli/
+COPY devstack/ devstack/
 COPY simulator/ simulator/
-RUN pip install --upgrade pip && pip install .
+COPY clickhouse/ clickhouse/
+COPY ops/ ops/
+COPY examples/ examples/
+RUN pip install --upgrade pip && pip install '.[worker]'
 
 # ---- runtime stage ----
 FROM python:3.11-slim
@@ -51,10 +59,8 @@ RUN groupadd --system --gid 10001 llmpulse \
 
 COPY --from=build /opt/venv /opt/venv
 
-# The ClickHouse migrations and named queries are read at run time (`llmpulse migrate`,
-# reports), relative to the working directory.
+# Migrations, named queries and templates are package data of the installed wheel.
 WORKDIR /app
-COPY clickhouse/ /app/clickhouse/
 
 USER llmpulse
 # A named volume mounted here inherits the llmpulse ownership set above.
