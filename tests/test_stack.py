@@ -1,4 +1,4 @@
-"""The local real-services stack (processors/stack.py): real Kafka, Redis, Prometheus.
+"""The local real-services stack (llmpulse.devstack.stack): real Kafka, Redis, Prometheus.
 
 The integration tests bring up a private stack in a temporary state dir (the
 Kafka jars come from the normal cache dir, so only the first run downloads),
@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from llmpulse.devstack import stack
+from llmpulse.devstack.stack import processes as stack_processes
 from llmpulse.processors.settings import Settings
 
 
@@ -231,8 +232,8 @@ def test_port_taken_between_pick_and_bind_is_retried(
         squatter.listen()
         taken = squatter.getsockname()[1]
         picks = iter([taken])
-        real_pick = stack._free_port
-        monkeypatch.setattr(stack, "_free_port", lambda: next(picks, None) or real_pick())
+        real_pick = stack_processes.free_port
+        monkeypatch.setattr(stack_processes, "free_port", lambda: next(picks, None) or real_pick())
         messages: list[str] = []
         try:
             redis_url = stack.up(mixed, progress=messages.append).redis_url

@@ -1,0 +1,289 @@
+"""The stack as a whole: up, down, status, endpoints, and the outage helpers.
+
+Every operation reads stack.json, compares it with the live processes and, for
+the ones that change something, holds the stack lock while doing so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from llmpulse.devstack.stack.model import (
+    SERVICES,
+    ServiceName,
+    ServiceStatus,
+    StackEndpoints,
+    StackError,
+    print_progress,
+)
+from llmpulse.devstack.stack.paths import Paths, Record, load, locked, save
+from llmpulse.devstack.stack.probes import PROBE_TIMEOUT, describe, probe, redact
+from llmpulse.devstack.stack.processes import alive, owned, terminate
+from llmpulse.devstack.stack.services import prepare_and_launch
+from llmpulse.processors.settings import Settings
+
+# How long up() keeps probing a recorded, live service before replacing it.
+_REUSE_GRACE = 15.0
+
+
+def up(settings: Settings, progress: Callable[[str], None] = print_progress) -> StackEndpoints:
+    """Start (or reuse) the local stack and return its endpoints.
+
+    Idempotent: healthy services recorded in ``stack.json`` are reused. Raises
+    :class:`StackError` with a one-line reason when something cannot start.
+    """
+    paths = Paths.of(settings)
+    paths.state.mkdir(parents=True, exist_ok=True)
+    with locked(paths.lock_file):
+        records = load(paths)
+        plan: dict[ServiceName, dict[str, int] | None] = {}
+        for name in SERVICES:
+            ext = _external(settings, name)
+            if ext is not None:
+                _check_external(name, ext, progress)
+                continue
+            rec = records.get(name)
+            if rec is None:
+                plan[name] = None
+            elif rec.stopped and not owned(rec):
+                plan[name] = rec.ports  # stopped by stop_service(): same ports and data
+            elif owned(rec):
+                if name == "kafka" and rec.version != settings.kafka_version:
+                    progress(
+                        f"kafka: running {rec.version}, wanted {settings.kafka_version}; "
+                        "replacing it"
+                    )
+                    terminate([rec])
+                    plan[name] = None
+                    continue
+                problem = _unhealthy_for(rec, _REUSE_GRACE)
+                if problem is None:
+                    progress(f"{name}: already running on {rec.address} (pid {rec.pid})")
+                else:
+                    progress(f"{name}: pid {rec.pid} is unhealthy ({problem}); restarting fresh")
+                    terminate([rec])
+                    plan[name] = None
+            else:
+                progress(f"{name}: recorded pid {rec.pid} is gone; starting fresh")
+                plan[name] = None
+        for name in plan:
+            records.pop(name, None)
+        save(paths, records)
+        prepare_and_launch(settings, paths, plan, records, progress)
+        save(paths, records)
+    return endpoints(settings)
+
+
+def _unhealthy_for(rec: Record, grace: float) -> str | None:
+    """None once ``rec`` answers its health check; the last problem after ``grace`` s.
+
+    A busy service (e.g. a JVM in a long GC) gets some slack before ``up()``
+    replaces it, since a fresh Kafka starts with empty data.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            probe(rec.name, rec.url)
+        except Exception as exc:
+            if time.monotonic() > deadline or not owned(rec):
+                return describe(exc)
+            time.sleep(0.5)
+        else:
+            return None
+
+
+def _check_external(name: ServiceName, url: str, progress: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            detail = probe(name, url, PROBE_TIMEOUT)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"external {name} at {redact(url)} is not reachable: {describe(exc)}"
+                ) from exc
+            time.sleep(0.5)
+        else:
+            progress(f"{name}: using external {redact(url)} ({detail})")
+            return
+
+
+def _external(settings: Settings, name: ServiceName) -> str | None:
+    value = {
+        "kafka": settings.kafka_bootstrap,
+        "redis": settings.redis_url,
+        "prometheus": settings.prometheus_url,
+    }[name]
+    return value or None
+
+
+def down(settings: Settings, progress: Callable[[str], None] = print_progress) -> None:
+    """Stop every local service (SIGTERM, then SIGKILL after a timeout).
+
+    Removes ``stack.json`` and the Prometheus scrape targets; logs and data stay
+    until the next fresh start. External services are left alone.
+    """
+    paths = Paths.of(settings)
+    if not paths.state.is_dir():
+        progress("stack: nothing to stop")
+        return
+    with locked(paths.lock_file):
+        records = load(paths)
+        live = [r for r in records.values() if owned(r)]
+        start = time.monotonic()
+        for rec in live:
+            progress(f"{rec.name}: stopping pid {rec.pid}...")
+        terminate(live)
+        paths.stack_file.unlink(missing_ok=True)
+        paths.prometheus_targets.unlink(missing_ok=True)
+        if live:
+            progress(f"stack: stopped {len(live)} service(s) in {time.monotonic() - start:.1f} s")
+        else:
+            progress("stack: nothing was running")
+
+
+def status(settings: Settings) -> dict[str, ServiceStatus]:
+    """Health of every service, keyed by name (kafka, redis, prometheus)."""
+    paths = Paths.of(settings)
+    records = load(paths)
+    out: dict[str, ServiceStatus] = {}
+    for name in SERVICES:
+        ext = _external(settings, name)
+        if ext is not None:
+            try:
+                detail = probe(name, ext)
+                out[name] = ServiceStatus(name, "external", redact(ext), None, detail)
+            except Exception as exc:
+                out[name] = ServiceStatus(name, "unhealthy", redact(ext), None, describe(exc))
+            continue
+        rec = records.get(name)
+        if rec is None:
+            out[name] = ServiceStatus(name, "stopped", "", None, "not started (llmpulse stack up)")
+        elif rec.stopped and not owned(rec):
+            out[name] = ServiceStatus(
+                name, "stopped", rec.address, None, "stopped by stop_service(); port kept"
+            )
+        elif not owned(rec):
+            out[name] = ServiceStatus(
+                name, "stopped", rec.address, None, f"pid {rec.pid} exited; see {rec.log}"
+            )
+        else:
+            try:
+                detail = probe(name, rec.url)
+                out[name] = ServiceStatus(name, "running", rec.address, rec.pid, detail)
+            except Exception as exc:
+                out[name] = ServiceStatus(
+                    name, "unhealthy", rec.address, rec.pid, f"{describe(exc)}; see {rec.log}"
+                )
+    return out
+
+
+def endpoints(settings: Settings) -> StackEndpoints:
+    """Endpoints of the running local stack and/or the external services.
+
+    Starts nothing and runs no health check. A service paused with
+    :func:`stop_service` still yields its (reserved) endpoint; a service that
+    was never started or whose process died raises :class:`StackError`.
+    """
+    paths = Paths.of(settings)
+    records = load(paths)
+    urls: dict[ServiceName, str] = {}
+    for name in SERVICES:
+        ext = _external(settings, name)
+        if ext is not None:
+            urls[name] = ext
+            continue
+        rec = records.get(name)
+        if rec is None:
+            raise StackError(
+                f"{name} is not running: start the local stack with `llmpulse stack up` "
+                f"(state dir {paths.state})"
+            )
+        if not rec.stopped and not owned(rec):
+            raise StackError(
+                f"{name} (pid {rec.pid}) is no longer running: run `llmpulse stack up` "
+                f"(log: {rec.log})"
+            )
+        urls[name] = rec.url
+    return StackEndpoints(
+        kafka_bootstrap=urls["kafka"], redis_url=urls["redis"], prometheus_url=urls["prometheus"]
+    )
+
+
+def _local_record(paths: Paths, settings: Settings, name: str) -> tuple[ServiceName, Record]:
+    if name not in SERVICES:
+        raise StackError(f"unknown service {name!r}: expected one of {', '.join(SERVICES)}")
+    service: ServiceName = name
+    if _external(settings, service) is not None:
+        raise StackError(f"{service} is external; llmpulse does not start or stop it")
+    rec = load(paths).get(service)
+    if rec is None:
+        raise StackError(f"{service} is not part of a running stack: run `llmpulse stack up`")
+    return service, rec
+
+
+def stop_service(settings: Settings, name: str, *, graceful: bool = True) -> None:
+    """Stop one local service but keep its ports and data, to simulate an outage.
+
+    ``graceful=False`` SIGKILLs it instead (a crash: Redis then loses its data).
+    :func:`start_service` or :func:`up` brings it back on the same port.
+    """
+    paths = Paths.of(settings)
+    with locked(paths.lock_file):
+        service, rec = _local_record(paths, settings, name)
+        if owned(rec):
+            if service == "redis" and graceful:
+                _redis_shutdown_save(rec)
+            terminate([rec], kill_now=not graceful)
+        records = load(paths)
+        rec.pid = None
+        rec.stopped = True
+        records[service] = rec
+        save(paths, records)
+
+
+def _redis_shutdown_save(rec: Record) -> None:
+    """SHUTDOWN SAVE: write dump.rdb so that start_service() gets the data back."""
+    client = redis.Redis.from_url(rec.url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.shutdown(save=True)
+    except redis.RedisError:
+        pass  # already going down; terminate() finishes the job
+    finally:
+        client.close()
+    deadline = time.monotonic() + 10
+    while rec.pid is not None and alive(rec.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_service(
+    settings: Settings, name: str, progress: Callable[[str], None] = print_progress
+) -> None:
+    """Start a service stopped with :func:`stop_service` on its old port, with its data.
+
+    Blocks until it answers its health check. A running service is left alone.
+    """
+    paths = Paths.of(settings)
+    with locked(paths.lock_file):
+        service, rec = _local_record(paths, settings, name)
+        if owned(rec):
+            progress(f"{service}: already running on {rec.address} (pid {rec.pid})")
+            return
+        records = load(paths)
+        records.pop(service, None)
+        prepare_and_launch(settings, paths, {service: rec.ports}, records, progress)
+        save(paths, records)
+
+
+def with_endpoints(settings: Settings, ep: StackEndpoints) -> Settings:
+    """``settings`` with every unset service address taken from ``ep``."""
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap": settings.kafka_bootstrap or ep.kafka_bootstrap,
+            "redis_url": settings.redis_url or ep.redis_url,
+            "prometheus_url": settings.prometheus_url or ep.prometheus_url,
+        }
+    )

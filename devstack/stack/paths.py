@@ -1,0 +1,160 @@
+"""Where the stack keeps its state, and ``stack.json``: the record of what runs where.
+
+Writers take :func:`locked` on :attr:`Paths.lock_file`, so ``up``, ``down`` and
+the outage helpers of several processes never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmpulse.devstack.stack.model import SERVICES, ServiceName
+from llmpulse.processors.settings import Settings
+
+_STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The absolute layout under ``settings.state_dir`` and ``settings.cache_dir``."""
+
+    state: Path
+    cache: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> Paths:
+        """The layout of ``settings``, with both directories resolved to absolute paths."""
+        return cls(state=settings.state_dir.resolve(), cache=settings.cache_dir.resolve())
+
+    @property
+    def stack_file(self) -> Path:
+        return self.state / "stack.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state / ".stack.lock"
+
+    def service_dir(self, name: ServiceName) -> Path:
+        return self.state / name
+
+    def log(self, name: ServiceName) -> Path:
+        return self.service_dir(name) / f"{name}.log"
+
+    @property
+    def kafka_config(self) -> Path:
+        return self.service_dir("kafka") / "server.properties"
+
+    @property
+    def kafka_log4j(self) -> Path:
+        return self.service_dir("kafka") / "log4j2.properties"
+
+    @property
+    def kafka_data(self) -> Path:
+        return self.service_dir("kafka") / "data"
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.service_dir("prometheus") / "prometheus.yml"
+
+    @property
+    def prometheus_targets(self) -> Path:
+        return self.service_dir("prometheus") / "targets.json"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.service_dir("prometheus") / "data"
+
+    def kafka_home(self, version: str) -> Path:
+        return self.cache / f"kafka-{version}"
+
+
+@dataclass
+class Record:
+    """A local service as persisted in stack.json."""
+
+    name: ServiceName
+    pid: int | None
+    ports: dict[str, int]
+    address: str
+    url: str
+    log: str
+    # Every string must occur in /proc/<pid>/cmdline before we signal the pid.
+    match: list[str]
+    version: str = ""
+    stopped: bool = False  # True after stop_service(): restart on the same ports
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_json(cls, name: ServiceName, raw: Mapping[str, Any]) -> Record:
+        """Parse one entry of stack.json; raises KeyError/TypeError/ValueError if malformed."""
+        return cls(
+            name=name,
+            pid=int(raw["pid"]) if raw.get("pid") is not None else None,
+            ports={str(k): int(v) for k, v in dict(raw["ports"]).items()},
+            address=str(raw["address"]),
+            url=str(raw["url"]),
+            log=str(raw["log"]),
+            match=[str(m) for m in raw["match"]],
+            version=str(raw.get("version", "")),
+            stopped=bool(raw.get("stopped", False)),
+            started_at=float(raw.get("started_at", 0.0)),
+        )
+
+
+def load(paths: Paths) -> dict[ServiceName, Record]:
+    """The recorded services; a missing or unreadable stack.json (or entry) is left out."""
+    try:
+        raw = json.loads(paths.stack_file.read_text())
+        services = dict(raw["services"])
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError):
+        return {}  # unreadable: treated as "nothing running"
+    out: dict[ServiceName, Record] = {}
+    for name in SERVICES:
+        if name in services:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out[name] = Record.from_json(name, services[name])
+    return out
+
+
+def save(paths: Paths, records: Mapping[ServiceName, Record]) -> None:
+    """Replace stack.json atomically with ``records`` and their top-level endpoint keys."""
+    doc: dict[str, Any] = {"format": _STATE_FORMAT, "state_dir": str(paths.state)}
+    keys: dict[ServiceName, str] = {
+        "kafka": "kafka_bootstrap",
+        "redis": "redis_url",
+        "prometheus": "prometheus_url",
+    }
+    for name, rec in records.items():
+        doc[keys[name]] = rec.url
+    doc["services"] = {name: asdict(rec) for name, rec in records.items()}
+    write_atomic(paths.stack_file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

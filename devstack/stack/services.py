@@ -1,0 +1,260 @@
+"""Launching the services: Kafka (KRaft), Redis and Prometheus as plain processes.
+
+:func:`prepare_and_launch` is the one entry point: it installs what is missing,
+starts the planned services on free (or their old) loopback ports and waits
+until each answers its health check.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+# Imported as a module (not its names) so that tests can replace processes.free_port.
+from llmpulse.devstack.stack import processes
+from llmpulse.devstack.stack.model import HOST, SERVICES, ServiceName, StackError
+from llmpulse.devstack.stack.paths import Paths, Record, save, write_atomic
+from llmpulse.devstack.stack.prerequisites import (
+    OPS_DIR,
+    ensure_debian_binaries,
+    ensure_kafka_jars,
+    require_java,
+    run,
+    template,
+)
+from llmpulse.devstack.stack.probes import READY_TIMEOUT, wait_ready
+from llmpulse.devstack.stack.targets import ensure_targets_file
+from llmpulse.processors.settings import Settings
+
+_KAFKA_JAVA_OPTS = (
+    "-Xms256m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+_PROMETHEUS_SCRAPE_INTERVAL = "1s"
+
+
+def _kafka_cluster_id() -> str:
+    while True:  # Kafka's Uuid.randomUuid() never starts with '-'
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _launch_kafka(
+    settings: Settings,
+    paths: Paths,
+    libs: Path,
+    ports: dict[str, int] | None,
+    progress: Callable[[str], None],
+) -> Record:
+    java = require_java()
+    kdir = paths.service_dir("kafka")
+    kdir.mkdir(parents=True, exist_ok=True)
+    fresh = ports is None or not paths.kafka_config.is_file()
+    if fresh or ports is None:
+        ports = {"broker": processes.free_port(), "controller": processes.free_port()}
+        shutil.rmtree(paths.kafka_data, ignore_errors=True)
+        config = template("kafka/server.properties.template").substitute(
+            broker_port=ports["broker"],
+            controller_port=ports["controller"],
+            log_dir=str(paths.kafka_data),
+        )
+        write_atomic(paths.kafka_config, config)
+        shutil.copyfile(OPS_DIR / "kafka" / "log4j2.properties", paths.kafka_log4j)
+    java_cmd = [
+        java,
+        *_KAFKA_JAVA_OPTS,
+        f"-Dlog4j2.configurationFile={paths.kafka_log4j}",
+        f"-Dkafka.logs.dir={kdir}",
+        "-cp",
+        f"{libs}/*",
+    ]
+    if not (paths.kafka_data / "meta.properties").is_file():
+        cluster_id = _kafka_cluster_id()
+        progress(f"kafka: formatting KRaft storage (cluster id {cluster_id})")
+        fmt = [
+            *java_cmd,
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            cluster_id,
+            "--config",
+            str(paths.kafka_config),
+            "--standalone",
+            "--ignore-formatted",
+        ]
+        code, out = run(fmt, timeout=120)
+        (kdir / "format.log").write_text(out)
+        if code != 0:
+            raise StackError(
+                f"kafka: storage format failed: {processes.last_line(out)}", details=out
+            )
+    bootstrap = f"{HOST}:{ports['broker']}"
+    progress(
+        f"kafka: starting {settings.kafka_version} on {bootstrap} "
+        f"(controller {HOST}:{ports['controller']})..."
+    )
+    log = paths.log("kafka")
+    pid = processes.spawn(
+        [*java_cmd, "kafka.Kafka", str(paths.kafka_config)], log, truncate=fresh, cwd=kdir
+    )
+    return Record(
+        name="kafka",
+        pid=pid,
+        ports=ports,
+        address=bootstrap,
+        url=bootstrap,
+        log=str(log),
+        match=["kafka.Kafka", str(paths.kafka_config)],
+        version=settings.kafka_version,
+    )
+
+
+def _launch_redis(
+    binary: str, paths: Paths, ports: dict[str, int] | None, progress: Callable[[str], None]
+) -> Record:
+    rdir = paths.service_dir("redis")
+    rdir.mkdir(parents=True, exist_ok=True)
+    fresh = ports is None
+    if ports is None:
+        ports = {"redis": processes.free_port()}
+        (rdir / "dump.rdb").unlink(missing_ok=True)
+    port = ports["redis"]
+    address = f"{HOST}:{port}"
+    progress(f"redis: starting on {address}...")
+    argv = [
+        binary,
+        "--bind", HOST,
+        "--port", str(port),
+        "--dir", str(rdir),
+        "--dbfilename", "dump.rdb",
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--protected-mode", "yes",
+        "--logfile", "",
+    ]  # fmt: skip
+    log = paths.log("redis")
+    pid = processes.spawn(argv, log, truncate=fresh, cwd=rdir)
+    return Record(
+        name="redis",
+        pid=pid,
+        ports=ports,
+        address=address,
+        url=f"redis://{address}/0",
+        log=str(log),
+        match=["redis-server", str(port)],
+    )
+
+
+def _launch_prometheus(
+    binary: str, paths: Paths, ports: dict[str, int] | None, progress: Callable[[str], None]
+) -> Record:
+    pdir = paths.service_dir("prometheus")
+    pdir.mkdir(parents=True, exist_ok=True)
+    fresh = ports is None
+    if ports is None:
+        ports = {"http": processes.free_port()}
+        shutil.rmtree(paths.prometheus_data, ignore_errors=True)
+    address = f"{HOST}:{ports['http']}"
+    ensure_targets_file(paths)
+    config = template("prometheus/prometheus.yml.template").substitute(
+        scrape_interval=_PROMETHEUS_SCRAPE_INTERVAL,
+        self_address=address,
+        targets_file=str(paths.prometheus_targets),
+    )
+    write_atomic(paths.prometheus_config, config)
+    progress(f"prometheus: starting on {address}...")
+    argv = [
+        binary,
+        f"--config.file={paths.prometheus_config}",
+        f"--web.listen-address={address}",
+        f"--storage.tsdb.path={paths.prometheus_data}",
+        "--storage.tsdb.retention.time=2d",
+        "--web.enable-lifecycle",
+    ]
+    log = paths.log("prometheus")
+    pid = processes.spawn(argv, log, truncate=fresh, cwd=pdir)
+    return Record(
+        name="prometheus",
+        pid=pid,
+        ports=ports,
+        address=address,
+        url=f"http://{address}",
+        log=str(log),
+        match=["prometheus", str(paths.prometheus_config)],
+    )
+
+
+def prepare_and_launch(
+    settings: Settings,
+    paths: Paths,
+    plan: Mapping[ServiceName, dict[str, int] | None],
+    records: dict[ServiceName, Record],
+    progress: Callable[[str], None],
+) -> None:
+    """Install what is missing, start every planned service, wait until all are ready.
+
+    ``plan`` maps a service to its old ports (restart keeping data) or None (fresh).
+    Each pid is written to stack.json as soon as it exists, so ``down()`` can
+    always clean up; a service that fails to become ready is killed and forgotten.
+    """
+    if not plan:
+        return
+    libs = None
+    if "kafka" in plan:
+        require_java()
+        libs = ensure_kafka_jars(settings, paths, progress)
+    binaries = ensure_debian_binaries([n for n in plan if n != "kafka"], progress)
+
+    def launch(name: ServiceName, ports: dict[str, int] | None) -> Record:
+        if name == "kafka":
+            assert libs is not None
+            rec = _launch_kafka(settings, paths, libs, ports, progress)
+        elif name == "redis":
+            rec = _launch_redis(binaries["redis"], paths, ports, progress)
+        else:
+            rec = _launch_prometheus(binaries["prometheus"], paths, ports, progress)
+        records[name] = rec
+        save(paths, records)
+        return rec
+
+    # Kafka first, so its JVM boots while the others start.
+    launched = [launch(name, _copy(plan[name])) for name in sorted(plan, key=SERVICES.index)]
+    for rec in sorted(launched, key=lambda r: READY_TIMEOUT[r.name]):
+        fresh = plan[rec.name] is None
+        for attempt in (1, 2):
+            try:
+                detail = wait_ready(rec)
+                break
+            except StackError:
+                processes.terminate([rec], kill_now=True)
+                if fresh and attempt == 1 and _PORT_CLASH.search(processes.log_tail(Path(rec.log))):
+                    # Another process took the port between our pick and the bind.
+                    progress(f"{rec.name}: port {rec.address} was taken; retrying on new ports")
+                    rec = launch(rec.name, None)
+                    continue
+                if fresh:
+                    del records[rec.name]  # a fresh start failed: forget it
+                else:
+                    rec.pid, rec.stopped = None, True  # a restart failed: still "stopped"
+                save(paths, records)
+                raise
+        took = time.time() - rec.started_at
+        progress(f"{rec.name}: ready on {rec.address} ({took:.1f} s; {detail})")
+
+
+_PORT_CLASH = re.compile(r"address already in use|Failed listening on port", re.IGNORECASE)
+
+
+def _copy(ports: dict[str, int] | None) -> dict[str, int] | None:
+    return dict(ports) if ports is not None else None
