@@ -16,10 +16,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmpulse.processors.errors import ConfigError
 from llmpulse.schemas.events import EventTimeBounds
 
 
-class ServiceAddressMissing(RuntimeError):
+class ServiceAddressMissing(ConfigError, RuntimeError):
     """A worker was handed settings without the address of a service it needs.
 
     The CLI fills empty addresses in from the local stack before it starts a

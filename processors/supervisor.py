@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from llmpulse.processors.settings import Settings
+if TYPE_CHECKING:  # FLOWS is read by `llmpulse --help`, which needs no worker extra
+    from llmpulse.processors.settings import Settings
 
 #: The processors ``llmpulse worker`` runs (docker-compose has one service each).
 FLOWS = ("sink", "breaker", "prompts")

@@ -34,6 +34,8 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ["topics"],
         ["migrate"],
         ["worker"],
+        ["breaker"],
+        ["prompts"],
         ["report"],
         ["pricing"],
         ["simulate"],
@@ -64,11 +66,12 @@ def test_help_exits_zero(args: list[str]) -> None:
         ),
         (["report", "costs", "--start", "2026-03-01"], "needs --start and --end"),
         (["report", "close", "--period", "2026-3"], "not a month"),
-        (
+        pytest.param(
             ["report", "costs", "--start", "2026-03-01", "--end", "2026-04-01", "--org", "nobody"],
             "unknown organization 'nobody'",
+            marks=pytest.mark.chdb,  # the subprocess migrates chDB first
         ),
-        (
+        pytest.param(
             [
                 "report",
                 "costs",
@@ -80,6 +83,7 @@ def test_help_exits_zero(args: list[str]) -> None:
                 "x' OR '1'='1",
             ],
             "unknown organization",
+            marks=pytest.mark.chdb,  # the subprocess migrates chDB first
         ),
         (["pricing", "load", "missing.yaml"], "cannot read"),
         (["bogus"], "invalid choice"),
@@ -109,6 +113,7 @@ def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
     assert main(["migrate"]) == 2
 
 
+@pytest.mark.chdb  # the subprocesses use chDB
 def test_pricing_load_and_report_roundtrip(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "pricing.yaml"
     assert _run(tmp_path, "migrate").returncode == 0

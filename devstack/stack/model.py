@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from llmpulse.processors.errors import ServiceError
+
 ServiceName = Literal["kafka", "redis", "prometheus"]
 ServiceState = Literal["running", "stopped", "external", "unhealthy"]
 SERVICES: tuple[ServiceName, ...] = get_args(ServiceName)
@@ -14,7 +16,7 @@ SERVICES: tuple[ServiceName, ...] = get_args(ServiceName)
 HOST = "127.0.0.1"
 
 
-class StackError(Exception):
+class StackError(ServiceError):
     """A stack operation failed; ``str(error)`` is one line saying what to do.
 
     ``details`` may hold more context (for example the tail of a service log).

@@ -24,13 +24,14 @@ import yaml
 from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llmpulse.processors.errors import InputError
 from llmpulse.processors.stream.codec import describe_validation_error
 from llmpulse.schemas.events import Identifier
 
 _PRICE = Annotated[Decimal, Field(ge=0, le=1_000_000, decimal_places=9, allow_inf_nan=False)]
 
 
-class PricingFileError(ValueError):
+class PricingFileError(InputError, ValueError):
     """The pricing file is unreadable or has an invalid row (one-line message)."""
 
 

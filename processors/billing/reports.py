@@ -16,6 +16,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.processors.billing.allocation import CostReport, build_report
+from llmpulse.processors.errors import InputError
 from llmpulse.processors.stream.clickhouse import run_query
 
 FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
@@ -35,7 +36,7 @@ _ALLOCATION_COLUMNS = (
 )
 
 
-class BillingInputError(ValueError):
+class BillingInputError(InputError, ValueError):
     """Bad report input: printed as one line, exit code 2."""
 
 

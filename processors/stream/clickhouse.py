@@ -25,12 +25,13 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from llmpulse.processors.errors import ConfigError
 from llmpulse.processors.settings import Settings
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-class ClickHouseConfigError(Exception):
+class ClickHouseConfigError(ConfigError):
     """The DSN or the SQL folder is wrong; a one-line message says which."""
 
 

@@ -1,0 +1,36 @@
+"""``llmpulse topics create`` and ``llmpulse migrate``: prepare Kafka and ClickHouse."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from llmpulse.cli.common import EXIT_OK, SubParsers, load_settings, with_services
+
+
+def add_parser(sub: SubParsers) -> None:
+    """Add ``topics create`` and ``migrate``."""
+    p = sub.add_parser("topics", help="create every topic and its DLQ with their configuration")
+    p.add_argument("action", choices=("create",))
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
+    p.set_defaults(func=cmd_migrate)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    """Create every topic and its DLQ; one line per topic with its status."""
+    from llmpulse.processors.stream.topics import create_topics
+
+    for result in asyncio.run(create_topics(with_services(load_settings()))):
+        print(f"{result.status:<8} {result.name}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the pending ClickHouse migrations; one line per migration applied."""
+    from llmpulse.processors.stream.clickhouse import connect, migrate
+
+    applied = migrate(connect(load_settings()))
+    print("\n".join(f"applied {name}" for name in applied) or "schema up to date")
+    return EXIT_OK
