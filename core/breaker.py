@@ -2,9 +2,10 @@
 
 A pure, deterministic state machine: no I/O, the clock is passed in, jitter is
 derived from (provider, version) so a replay computes the same durations.
-It lives in ``schemas`` because both ``processors`` (the fleet-wide Faust
+It lives in ``core`` because both ``processors`` (the fleet-wide Faust
 agent) and ``gateway`` (the local breaker used when Redis is down or stale)
-must apply exactly the same rules, and neither may import the other.
+must apply exactly the same rules, and neither may import the other. The
+same goes for which breaker an outcome feeds (``breaker_key``).
 
 Rules (beyond the seed's consecutive-failure breaker):
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -60,6 +62,21 @@ class Verdict(StrEnum):
     ignored = "ignored"
     rate_limited = "rate_limited"
     auth = "auth"
+
+
+def breaker_key(provider: str, model: str | None, model_keys: Container[str]) -> str:
+    """The breaker that decides for ``model`` of ``provider``.
+
+    ``provider/model`` when that key is in ``model_keys`` (the model has a breaker
+    of its own), else ``provider``. The breaker agent (which feeds outcomes to
+    breakers) and the gateway (which routes and probes by them) both call this, so
+    an outcome always lands in the breaker that routed its call.
+    """
+    if model is not None:
+        per_model = f"{provider}/{model}"
+        if per_model in model_keys:
+            return per_model
+    return provider
 
 
 @dataclass(frozen=True)

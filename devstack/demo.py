@@ -36,10 +36,9 @@ from llmpulse.processors.prompts import ops
 from llmpulse.processors.prompts.comparison import compare
 from llmpulse.processors.prompts.comparison import render_text as render_compare
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.sinks.base import ClickHouseSink
-from llmpulse.processors.sinks.breaker_transitions import BreakerTransitionsSink
-from llmpulse.processors.sinks.prompts import PromptPerformanceSink, PromptVersionsSink
-from llmpulse.processors.sinks.usage import UsageSink
+from llmpulse.processors.sinks import build_sinks
+from llmpulse.processors.sinks.breaker_transitions import FLOW as TRANSITIONS_FLOW
+from llmpulse.processors.sinks.usage import FLOW as USAGE_FLOW
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.clickhouse import connect, migrate, run_query
 from llmpulse.processors.stream.topics import create_topics
@@ -114,17 +113,14 @@ async def run_demo(
         LLMPULSE_PROMPT_WINDOW_GRACE_SECONDS="2",
     )
     stop = asyncio.Event()
-    usage = UsageSink(settings, client, group=f"{settings.consumer_group_prefix}.demo")
-    transitions = BreakerTransitionsSink(
-        settings, client, group=f"{settings.consumer_group_prefix}.demo", max_seconds=0.5
+    demo_group = f"{settings.consumer_group_prefix}.demo"
+    sinks = build_sinks(
+        settings,
+        client,
+        max_seconds=0.5,
+        groups={USAGE_FLOW: demo_group, TRANSITIONS_FLOW: demo_group},
     )
-    performance = PromptPerformanceSink(settings, client, max_seconds=0.5)
-    sinks: list[ClickHouseSink[Any]] = [
-        usage,
-        transitions,
-        performance,
-        PromptVersionsSink(settings, client, max_seconds=0.5),
-    ]
+    usage, transitions = sinks.usage, sinks.breaker_transitions
     tasks = [asyncio.create_task(s.run(stop)) for s in sinks]
     try:
         await supervisor.wait_ready(breaker, prompts)

@@ -41,7 +41,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from llmpulse.core.breaker import BreakerConfig, BreakerCore, classify
+from llmpulse.core.breaker import BreakerConfig, BreakerCore, breaker_key, classify
 from llmpulse.gateway import metrics
 from llmpulse.gateway.config import GatewayConfig
 from llmpulse.schemas import serving
@@ -146,9 +146,7 @@ class BreakerView:
     def breaker_key(self, provider: str, model: str | None = None) -> str:
         """The breaker that decides for ``model`` of ``provider``: its own, if the breaker
         worker runs one (``serving.model_breakers_key``), else the provider's."""
-        if model is not None and f"{provider}/{model}" in self._model_keys:
-            return f"{provider}/{model}"
-        return provider
+        return breaker_key(provider, model, self._model_keys)
 
     def route(self, provider: str, model: str | None = None) -> Route:
         """How ``model`` of ``provider`` may be called now (pure in-memory; no I/O).

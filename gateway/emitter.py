@@ -2,8 +2,8 @@
 
 :class:`EventEmitter` is what an application service calls on its hot path:
 ``emit(event)`` serializes the event to the canonical wire bytes (the same bytes
-``llmpulse.processors.stream.codec.encode`` produces), puts it on a bounded in-memory queue and
-returns. It never waits for the network and never raises because of Kafka.
+every worker produces: ``llmpulse.schemas.wire.encode``), puts it on a bounded in-memory
+queue and returns. It never waits for the network and never raises because of Kafka.
 A background sender drains the queue into an idempotent ``acks=all`` producer,
 pipelining sends and awaiting acknowledgements batch by batch.
 
@@ -70,6 +70,7 @@ from llmpulse.gateway.metrics import EMIT_QUEUE_DEPTH, EVENTS_REPLAYED, EVENTS_S
 from llmpulse.gateway.spool import Spool, SpoolRecord, read_segment
 from llmpulse.schemas.events import Feedback, LLMOutcome, LLMRequest
 from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, TopicSpec, topic_spec
+from llmpulse.schemas.wire import encode
 
 __all__ = ["EmittableEvent", "EventEmitter"]
 
@@ -265,7 +266,7 @@ class EventEmitter:
         record = SpoolRecord(
             topic=self._config.topic(spec.name),
             key=spec.key_of(event),
-            value=event.model_dump_json().encode("utf-8"),
+            value=encode(event),
             event_id=str(event.event_id),
         )
         self._emitted += 1

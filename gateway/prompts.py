@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmpulse.gateway.config import GatewayConfig
-from llmpulse.schemas.serving import prompt_key
+from llmpulse.schemas.serving import PromptView, prompt_key
 
 log = logging.getLogger(__name__)
 
@@ -99,56 +98,17 @@ class PromptUnavailable(Exception):
     """No active version is known for the prompt (none in Redis and none cached)."""
 
 
-def _decimal(key: str, value: Any) -> Decimal:
-    # Only strings (or ints): a JSON float would already have lost precision.
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"{key!r} must be a decimal string, got {value!r}")
-    try:
-        parsed = Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{key!r} must be a decimal string, got {value!r}") from None
-    if not parsed.is_finite():
-        raise ValueError(f"{key!r} must be finite, got {value!r}")
-    return parsed
-
-
-def _opt_str(entry: dict[str, Any], key: str) -> str | None:
-    value = entry.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"{key!r} must be a string or null, got {value!r}")
-    return value
-
-
-def _opt_int(entry: dict[str, Any], key: str) -> int | None:
-    value = entry.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{key!r} must be an integer or null, got {value!r}")
-    return value
-
-
-def _version(entry: Any) -> PromptVersionView:
-    if not isinstance(entry, dict):
-        raise ValueError(f"each version must be an object, got {entry!r}")
-    version = entry.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ValueError(f"'version' must be an integer, got {version!r}")
-    weight = _decimal("weight", entry.get("weight"))
-    if weight < 0:
-        raise ValueError(f"weight of version {version} must be >= 0, got {weight}")
-    temperature = entry.get("temperature")
-    return PromptVersionView(
-        version=version,
-        weight=weight,
-        content=_opt_str(entry, "content"),
-        system_message=_opt_str(entry, "system_message"),
-        temperature=None if temperature is None else _decimal("temperature", temperature),
-        max_tokens=_opt_int(entry, "max_tokens"),
-        model=_opt_str(entry, "model"),
-    )
+def _problem(exc: ValidationError) -> str:
+    """One line naming each problem's place in the view (``versions.0.weight: ...``)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<view>"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def parse_view(raw: bytes | str) -> list[PromptVersionView]:
-    """The versions of a registry view (``llmpulse.processors.prompts.agent.registry_view`` JSON).
+    """The versions of a registry view (``llmpulse.schemas.serving.PromptView`` JSON).
 
     Returns them in view order; unknown keys are ignored and missing optional
     fields are None. Raises ValueError naming the problem when the JSON is
@@ -156,16 +116,23 @@ def parse_view(raw: bytes | str) -> list[PromptVersionView]:
     decimal string, or a version appears twice.
     """
     try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"prompt view is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("versions"), list):
-        raise ValueError("prompt view must be an object with a 'versions' list")
-    versions = [_version(entry) for entry in doc["versions"]]
-    seen = [v.version for v in versions]
-    if len(set(seen)) != len(seen):
-        raise ValueError(f"prompt view lists a version twice: {seen}")
-    return versions
+        view = PromptView.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise ValueError(f"prompt view is not valid JSON: {_problem(exc)}") from None
+        raise ValueError(f"prompt view is invalid: {_problem(exc)}") from None
+    return [
+        PromptVersionView(
+            version=v.version,
+            weight=v.weight,
+            content=v.content,
+            system_message=v.system_message,
+            temperature=v.temperature,
+            max_tokens=v.max_tokens,
+            model=v.model,
+        )
+        for v in view.versions
+    ]
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def _state() -> PromptState:
 
 
 def test_parse_registry_view_output() -> None:
-    raw = json.dumps(registry_view(_state()))
+    raw = registry_view(_state()).model_dump_json()
     assert parse_view(raw) == [
         PromptVersionView(1, D("0.75"), "Hello {name}", "Be brief.", D("0.70"), 256, "gpt-4o"),
         PromptVersionView(2, D("0.25"), "Hi {name}!", None, None, None, None),
@@ -215,22 +215,22 @@ def _one(**fields: object) -> str:
     [
         ("not json", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
-        ("[]", "'versions' list"),
-        ('{"prompt_name": "p"}', "'versions' list"),
-        ('{"versions": {}}', "'versions' list"),
-        ('{"versions": [1]}', "must be an object"),
-        (_one(version="1"), "'version' must be an integer"),
-        (_one(version=True), "'version' must be an integer"),
-        (_one(weight=None), "'weight' must be a decimal string"),
-        (_one(weight=0.5), "'weight' must be a decimal string"),
-        (_one(weight="half"), "'weight' must be a decimal string"),
-        (_one(weight="NaN"), "'weight' must be finite"),
-        (_one(weight="-0.1"), "must be >= 0"),
-        (_one(temperature=0.7), "'temperature' must be a decimal string"),
-        (_one(temperature="hot"), "'temperature' must be a decimal string"),
-        (_one(max_tokens="100"), "'max_tokens' must be an integer"),
-        (_one(content=5), "'content' must be a string"),
-        (_one(model=["x"]), "'model' must be a string"),
+        ("[]", "<view>: Input should be an object"),
+        ('{"prompt_name": "p"}', "versions: Field required"),
+        ('{"versions": {}}', "versions: Input should be a valid array"),
+        ('{"versions": [1]}', r"versions\.0: Input should be an object"),
+        (_one(version="1"), r"versions\.0\.version: Input should be a valid integer"),
+        (_one(version=True), r"versions\.0\.version: Input should be a valid integer"),
+        (_one(weight=None), r"versions\.0\.weight: must be a decimal string"),
+        (_one(weight=0.5), r"versions\.0\.weight: must be a decimal string"),
+        (_one(weight="half"), r"versions\.0\.weight: must be a decimal string"),
+        (_one(weight="NaN"), r"versions\.0\.weight: must be finite"),
+        (_one(weight="-0.1"), r"versions\.0\.weight: Input should be greater than or equal to 0"),
+        (_one(temperature=0.7), r"versions\.0\.temperature: must be a decimal string"),
+        (_one(temperature="hot"), r"versions\.0\.temperature: must be a decimal string"),
+        (_one(max_tokens="100"), r"versions\.0\.max_tokens: Input should be a valid integer"),
+        (_one(content=5), r"versions\.0\.content: Input should be a valid string"),
+        (_one(model=["x"]), r"versions\.0\.model: Input should be a valid string"),
         (
             '{"versions": [{"version": 1, "weight": "0.5"}, {"version": 1, "weight": "0.5"}]}',
             "version twice",
@@ -329,9 +329,10 @@ def _view(versions: dict[int, tuple[str, str | None]]) -> str:
         v: VersionRecord(v, content, active=True, weight=None if w is None else D(w))
         for v, (content, w) in versions.items()
     }
-    return json.dumps(registry_view(PromptState("greet", records)))
+    return registry_view(PromptState("greet", records)).model_dump_json()
 
 
+@pytest.mark.stack
 async def test_selector_serves_caches_and_survives_outage(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -341,7 +342,7 @@ async def test_selector_serves_caches_and_survives_outage(
     clock = FakeClock()
     selector = PromptSelector(rds, CONFIG, refresh_seconds=1.0, clock=clock)
     try:
-        await rds.set(key, json.dumps(registry_view(_state())))
+        await rds.set(key, registry_view(_state()).model_dump_json())
         weights = [(1, D("0.75")), (2, D("0.25"))]
         for s in SUBJECTS[:50]:
             choice = await selector.select("greet", s)
@@ -392,6 +393,7 @@ async def test_selector_serves_caches_and_survives_outage(
         await rds.aclose()
 
 
+@pytest.mark.stack
 async def test_selector_keeps_view_when_redis_value_is_malformed(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -415,6 +417,7 @@ async def test_selector_keeps_view_when_redis_value_is_malformed(
         await rds.aclose()
 
 
+@pytest.mark.stack
 async def test_concurrent_selects_share_one_redis_read(redis_server: RedisServer) -> None:
     rds = _client(redis_server)
     clock = FakeClock()

@@ -34,10 +34,10 @@ from llmpulse.core.breaker import BreakerCore, Transition, Verdict, classify
 from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import metrics
-from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
-from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from llmpulse.processors.stream.faust_app import FaustProducer, create_app, run
-from llmpulse.processors.stream.input_cursor import InputCursors, MemoryCursors, Step
+from llmpulse.processors.stream.codec import encode
+from llmpulse.processors.stream.faust_app import BREAKER_STATE_TABLE, create_app, run
+from llmpulse.processors.stream.input_cursor import InputCursors, MemoryCursors
+from llmpulse.processors.stream.ordered import OrderedStep, Route
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import (
     BREAKER_STATE_GAUGE,
@@ -50,7 +50,6 @@ from llmpulse.schemas.topics import (
     BREAKER_CONTROL,
     BREAKER_STATE,
     BREAKER_TRANSITIONS,
-    DLQ_SUFFIX,
     OUTCOMES,
 )
 
@@ -110,11 +109,8 @@ class BreakerService:
         self.source = self.app.topic(self.outcomes, self.controls, **raw)
         self.state_topic = self.app.topic(settings.topic(BREAKER_STATE), **raw)
         self.transitions_topic = self.app.topic(settings.topic(BREAKER_TRANSITIONS), **raw)
-        self.table = self.app.Table(FLOW, default=None, partitions=6)
+        self.table = BREAKER_STATE_TABLE.create(self.app)
         self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
-        self.dlq = DeadLetterPublisher(
-            FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
-        )
         self._published: dict[str, int] = {}
         self._publish_locks: dict[str, asyncio.Lock] = {}
         # Breakers of the partitions this worker owns, authoritative in process;
@@ -126,33 +122,22 @@ class BreakerService:
         self._set_if_newer = self.redis.register_script(serving.SET_IF_NEWER)
         self._release = self.redis.register_script(serving.RELEASE_PERMIT)
         self.cursors = InputCursors(self.app, MemoryCursors([self.outcomes, self.controls]), FLOW)
+        self.ordered = OrderedStep.for_app(
+            self.app,
+            settings,
+            {
+                self.outcomes: Route(LLMOutcome, lambda outcome, _: self._on_outcome(outcome)),
+                self.controls: Route(BreakerControl, lambda control, _: self._on_control(control)),
+            },
+            cursors=self.cursors,
+        )
         self.app.agent(self.source, name="breaker")(self._process)
         self.app.timer(settings.breaker_tick_seconds)(self._tick)
 
     # --- agent ---------------------------------------------------------------------
     async def _process(self, stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
-            if await self.cursors.step(msg.topic, msg.partition, msg.offset) is not Step.APPLY:
-                continue  # delivered again, or past a hole being re-read
-            try:
-                if msg.topic == self.controls:
-                    await self._on_control(
-                        decode(BreakerControl, event.value, bounds=self._bounds())
-                    )
-                else:
-                    await self._on_outcome(decode(LLMOutcome, event.value, bounds=self._bounds()))
-            except PoisonEvent as poison:
-                # Poison never changes state; raising would only ack it silently.
-                await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
-                self.dlq.poisoned(record)
-            else:
-                self.dlq.ok(record)
-            self.cursors.advance(msg.topic, msg.partition, msg.offset)
-
-    def _bounds(self) -> Any:
-        return self.settings.event_time_bounds
+        # Replays skipped, poison dead-lettered, events applied in offset order.
+        await self.ordered.run(stream)
 
     def _load(self, key: str) -> BreakerCore:
         core = self._cores.get(key)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from llmpulse.core.breaker import BreakerConfig
+from llmpulse.core.breaker import BreakerConfig, breaker_key
 
 
 class BreakerConfigError(ValueError):
@@ -53,9 +53,11 @@ class BreakerConfigs:
     by_key: dict[str, BreakerConfig] = field(default_factory=dict)
 
     def key_for(self, provider: str, model: str) -> str:
-        """Breaker key: ``provider/model`` when configured per model, else ``provider``."""
-        per_model = f"{provider}/{model}"
-        return per_model if per_model in self.by_key else provider
+        """Breaker key: ``provider/model`` when configured per model, else ``provider``
+        (the rule is ``llmpulse.core.breaker.breaker_key``)."""
+        # by_key holds the provider keys too; none of them contains "/", so only a
+        # per-model entry can match (and a dict lookup keeps the hot path O(1)).
+        return breaker_key(provider, model, self.by_key)
 
     def model_keys(self) -> list[str]:
         """The ``provider/model`` keys configured with a breaker of their own."""

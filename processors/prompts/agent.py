@@ -21,7 +21,6 @@ weights to Redis (``llmpulse.schemas.serving.prompt_key``) for the gateway.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -37,9 +36,16 @@ from llmpulse.core.rollup import Partial, partial_key, window_start
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka, metrics
 from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
-from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
-from llmpulse.processors.stream.faust_app import FaustProducer, changelog_written, create_app, run
-from llmpulse.processors.stream.input_cursor import InputCursors, Step, TableCursors, is_cursor_key
+from llmpulse.processors.stream.dlq import SourceRecord
+from llmpulse.processors.stream.faust_app import (
+    FEEDBACK_PARTIALS_TABLE,
+    OUTCOME_PARTIALS_TABLE,
+    changelog_written,
+    create_app,
+    run,
+)
+from llmpulse.processors.stream.input_cursor import InputCursors, TableCursors, is_cursor_key
+from llmpulse.processors.stream.ordered import OrderedStep, Route
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import (
     Feedback,
@@ -49,7 +55,6 @@ from llmpulse.schemas.events import (
     PromptVersionEvent,
 )
 from llmpulse.schemas.topics import (
-    DLQ_SUFFIX,
     FEEDBACK,
     OUTCOMES,
     PROMPT_PERFORMANCE,
@@ -97,24 +102,24 @@ def performance_record(p: Partial, source_topic: str) -> PromptPerformance:
     )
 
 
-def registry_view(prompt: PromptState) -> dict[str, Any]:
+def registry_view(prompt: PromptState) -> serving.PromptView:
     """The Redis serving view of one prompt: active versions and effective weights."""
     weights = prompt.effective_weights()
-    return {
-        "prompt_name": prompt.name,
-        "versions": [
-            {
-                "version": v.version,
-                "weight": str(weights[v.version]),
-                "content": v.content,
-                "system_message": v.system_message,
-                "temperature": str(v.temperature) if v.temperature is not None else None,
-                "max_tokens": v.max_tokens,
-                "model": v.model,
-            }
+    return serving.PromptView(
+        prompt_name=prompt.name,
+        versions=tuple(
+            serving.PromptVersionEntry(
+                version=v.version,
+                weight=weights[v.version],
+                content=v.content,
+                system_message=v.system_message,
+                temperature=v.temperature,
+                max_tokens=v.max_tokens,
+                model=v.model,
+            )
             for v in prompt.active()
-        ],
-    }
+        ),
+    )
 
 
 class PromptsService:
@@ -126,17 +131,19 @@ class PromptsService:
         self.app = create_app(settings, "prompts")
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.sources = {
-            settings.topic(OUTCOMES): self.app.Table(
-                "partials_outcomes", default=None, partitions=6
-            ),
-            settings.topic(FEEDBACK): self.app.Table(
-                "partials_feedback", default=None, partitions=3
-            ),
+            settings.topic(OUTCOMES): OUTCOME_PARTIALS_TABLE.create(self.app),
+            settings.topic(FEEDBACK): FEEDBACK_PARTIALS_TABLE.create(self.app),
         }
         self.cursors = InputCursors(self.app, TableCursors(self.sources), FLOW)
         self.perf_topic = settings.topic(PROMPT_PERFORMANCE)
-        self.dlq = DeadLetterPublisher(
-            FaustProducer(self.app), PoisonLimiter(settings.dlq_max_consecutive)
+        self.ordered = OrderedStep.for_app(
+            self.app,
+            settings,
+            {
+                settings.topic(OUTCOMES): Route(LLMOutcome, self._on_outcome),
+                settings.topic(FEEDBACK): Route(Feedback, self._on_feedback),
+            },
+            cursors=self.cursors,
         )
         # Record id -> last offset it was emitted with (timer emissions are not
         # written to the table, so a record that grew is emitted again; the sink's
@@ -152,34 +159,10 @@ class PromptsService:
 
     # --- agents -------------------------------------------------------------------------
     async def _process(self, stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            record = SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
-            table = self.sources[msg.topic]
-            if await self.cursors.step(msg.topic, msg.partition, msg.offset) is not Step.APPLY:
-                continue  # a replay already in the state, or past a hole being re-read
-            try:
-                if msg.topic == self.settings.topic(OUTCOMES):
-                    self._on_outcome(
-                        table,
-                        decode(LLMOutcome, event.value, bounds=self.settings.event_time_bounds),
-                        msg.partition,
-                        msg.offset,
-                    )
-                else:
-                    self._on_feedback(
-                        table,
-                        decode(Feedback, event.value, bounds=self.settings.event_time_bounds),
-                        msg.partition,
-                        msg.offset,
-                    )
-            except PoisonEvent as poison:
-                await self.dlq.publish(record, poison, f"{msg.topic}{DLQ_SUFFIX}")
-                self.dlq.poisoned(record)
-            else:
-                self.dlq.ok(record)
-            self.cursors.advance(msg.topic, msg.partition, msg.offset)
-            await self._sweep(msg.topic, msg.partition)
+        # Replays skipped, poison dead-lettered, events applied in offset order; after
+        # each processed event its partition's closed windows are swept.
+        async for record in self.ordered.processed(stream):
+            await self._sweep(record.topic, record.partition)
 
     def _partials(
         self, table: Any, name: str, version: int, ts: float, partition: int, offset: int
@@ -213,7 +196,7 @@ class PromptsService:
             out.append(partial)
         return out
 
-    def _on_outcome(self, table: Any, o: LLMOutcome, partition: int, offset: int) -> None:
+    def _on_outcome(self, o: LLMOutcome, record: SourceRecord) -> None:
         if o.prompt_name is None or o.prompt_version is None:
             return
         if o.status is OutcomeStatus.cancelled:
@@ -221,7 +204,7 @@ class PromptsService:
 
         def add(p: Partial) -> None:
             p.add_outcome(
-                offset,
+                record.offset,
                 success=o.status is OutcomeStatus.success,
                 latency_ms=o.latency_ms,
                 input_tokens=o.input_tokens,
@@ -229,35 +212,31 @@ class PromptsService:
                 cost_usd=o.cost_usd,
             )
 
-        self._apply(
-            table, OUTCOMES, o.prompt_name, o.prompt_version, o.event_time, partition, offset, add
-        )
+        self._apply(record, OUTCOMES, o.prompt_name, o.prompt_version, o.event_time, add)
 
-    def _on_feedback(self, table: Any, f: Feedback, partition: int, offset: int) -> None:
+    def _on_feedback(self, f: Feedback, record: SourceRecord) -> None:
         self._apply(
-            table,
+            record,
             FEEDBACK,
             f.prompt_name,
             f.prompt_version,
             f.event_time,
-            partition,
-            offset,
-            lambda p: p.add_feedback(offset, f.score),
+            lambda p: p.add_feedback(record.offset, f.score),
         )
 
     def _apply(
         self,
-        table: Any,
+        record: SourceRecord,
         source: str,
         name: str,
         version: int,
         event_time: datetime,
-        partition: int,
-        offset: int,
         add: Callable[[Partial], None],
     ) -> None:
         """Add one event to the partial of each window size (once: replays are skipped)."""
         metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(source)).inc()
+        table = self.sources[record.topic]
+        partition, offset = record.partition, record.offset
         for p in self._partials(table, name, version, event_time.timestamp(), partition, offset):
             if p.seen(offset):
                 continue
@@ -367,7 +346,7 @@ class PromptsService:
                 for prompt in prompts:
                     await rds.set(
                         serving.prompt_key(self.settings.topic_prefix, prompt.name),
-                        json.dumps(registry_view(prompt)),
+                        registry_view(prompt).model_dump_json(),
                     )
                 return
             except (aioredis.RedisError, OSError) as exc:

@@ -1,5 +1,7 @@
 """Bytes to models exactly once, at the consumer edge; models to bytes exactly once.
 
+``encode`` is ``llmpulse.schemas.wire.encode`` (shared with the in-app emitter).
+
 ``decode`` either returns a validated model or raises ``PoisonEvent`` with a
 reason code and a detail that never contains the offending input values (they
 may be secrets or prompt text); only field locations and constraint messages.
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmpulse.processors.stream.redact import redact_text
 from llmpulse.schemas.events import EventTimeBounds
+from llmpulse.schemas.wire import encode  # re-exported: the one encoding (schemas.wire)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -76,6 +79,14 @@ def decode(
         raise PoisonEvent(SCHEMA_VIOLATION, describe_validation_error(exc)) from None
 
 
-def encode(event: BaseModel) -> bytes:
-    """Canonical JSON bytes of ``event`` (Decimals as strings, UTC timestamps)."""
-    return event.model_dump_json().encode("utf-8")
+__all__ = [
+    "EMPTY_VALUE",
+    "INVALID_UTF8",
+    "NOT_AN_OBJECT",
+    "NOT_JSON",
+    "SCHEMA_VIOLATION",
+    "PoisonEvent",
+    "decode",
+    "describe_validation_error",
+    "encode",
+]

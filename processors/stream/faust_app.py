@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -14,17 +15,60 @@ from faust.types.tuples import FutureMessage
 
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
+from llmpulse.schemas.topics import BREAKER_CONTROL, FEEDBACK, OUTCOMES, topic_spec
 
 log = logging.getLogger(__name__)
 
-#: Changelog-backed tables of the Faust apps: (app name, table name, partitions).
-#: ``llmpulse topics create`` creates their changelog topics up front: a topic
-#: that Faust creates lazily can be missing from its metadata when the first
-#: event arrives, and the table write then crashes the agent (losing the event).
-TABLES: tuple[tuple[str, str, int], ...] = (
-    ("breaker", "breaker_state", 6),
-    ("prompts", "partials_outcomes", 6),
-    ("prompts", "partials_feedback", 3),
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A changelog-backed table of a Faust app, and the source topics it is keyed like.
+
+    An agent writes the table from the source partition it is processing, so the
+    table must have exactly as many partitions as its sources (Faust's
+    co-partitioning): the count is taken from the topic registry, never spelled
+    twice, and sources with different counts are refused here.
+    """
+
+    app: str
+    name: str
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        counts = {topic_spec(source).partitions for source in self.sources}
+        if len(counts) != 1:
+            raise ValueError(
+                f"table {self.name}: sources {', '.join(self.sources)} are not co-partitioned"
+            )
+
+    @property
+    def partitions(self) -> int:
+        """Partition count of the table, its changelog and each of its sources."""
+        return topic_spec(self.sources[0]).partitions
+
+    def changelog(self, settings: Settings) -> str:
+        """Name of the table's changelog topic (Faust's naming, with the app id)."""
+        return f"{app_id(settings, self.app)}-{self.name}-changelog"
+
+    def create(self, app: faust.App) -> Any:
+        """The table in ``app`` (call once per app, before it starts)."""
+        return app.Table(self.name, default=None, partitions=self.partitions)
+
+
+#: The breaker agent's state per breaker key: outcomes and operator controls.
+BREAKER_STATE_TABLE = TableSpec("breaker", "breaker_state", (OUTCOMES, BREAKER_CONTROL))
+#: The prompt rollups' partials (and input cursors) of each source topic.
+OUTCOME_PARTIALS_TABLE = TableSpec("prompts", "partials_outcomes", (OUTCOMES,))
+FEEDBACK_PARTIALS_TABLE = TableSpec("prompts", "partials_feedback", (FEEDBACK,))
+
+#: Every changelog-backed table of the Faust apps. ``llmpulse topics create``
+#: creates their changelog topics up front: a topic that Faust creates lazily can
+#: be missing from its metadata when the first event arrives, and the table write
+#: then crashes the agent (losing the event).
+TABLES: tuple[TableSpec, ...] = (
+    BREAKER_STATE_TABLE,
+    OUTCOME_PARTIALS_TABLE,
+    FEEDBACK_PARTIALS_TABLE,
 )
 
 
@@ -35,7 +79,7 @@ def app_id(settings: Settings, name: str) -> str:
 
 def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
     """(changelog topic, partitions) of every Faust table."""
-    return [(f"{app_id(settings, app)}-{table}-changelog", n) for app, table, n in TABLES]
+    return [(table.changelog(settings), table.partitions) for table in TABLES]
 
 
 class AckTrackingProducer(faust_aiokafka.Producer):
