@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from llmpulse.schemas.events import LLMOutcome
+from llmpulse.schemas.wire import encode
 
 #: Column order of ``usage_events`` inserts (a contract test checks DESCRIBE TABLE).
 USAGE_COLUMNS: tuple[str, ...] = (
@@ -54,8 +55,8 @@ CONFLICT_COLUMNS: tuple[str, ...] = (
 
 
 def payload_hash(outcome: LLMOutcome) -> str:
-    """SHA-256 (hex) of the canonical JSON of ``outcome``; equal payloads hash equal."""
-    return hashlib.sha256(outcome.model_dump_json().encode()).hexdigest()
+    """SHA-256 (hex) of the wire bytes of ``outcome``; equal payloads hash equal."""
+    return hashlib.sha256(encode(outcome)).hexdigest()
 
 
 def usage_row(outcome: LLMOutcome, digest: str) -> list[Any]:
