@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates the virtual environment, installs
-# llmpulse with its dev tools, then runs the demo or the full test suite.
+# llmpulse with its dev tools, then runs the demo or the test suite. `test` runs the
+# linters, then the test tiers one by one (unit, chdb, stack: see README "Tests"),
+# stopping at the first that fails; `test-unit` runs the linters and the unit tier only.
 # The real services (Kafka jars from Maven Central, redis-server and prometheus
 # from Debian packages) are installed on first use by `llmpulse stack up`, which
 # both the demo and the test fixtures call.
@@ -8,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  echo "usage: scripts/dev.sh demo|test|setup [extra args passed to llmpulse demo or pytest]" >&2
+  echo "usage: scripts/dev.sh demo|test|test-unit|setup [extra args passed to llmpulse demo or pytest]" >&2
   exit 2
 }
 
@@ -35,6 +37,27 @@ setup() {
   fi
 }
 
+lint() {
+  echo "==> ruff check"; "$VENV/bin/ruff" check .
+  echo "==> ruff format --check"; "$VENV/bin/ruff" format --check .
+  echo "==> mypy (strict)"; "$VENV/bin/mypy"
+}
+
+# pytest_tier TIER [pytest args...]: one tier, its own exit status. Exit status 5 (no
+# test selected) is not a failure: extra args such as -k or a file may leave a tier empty.
+pytest_tier() {
+  local tier=$1 status=0
+  shift
+  echo "==> pytest: $tier tier"
+  "$VENV/bin/pytest" -q -m "$tier" "$@" || status=$?
+  if [ "$status" -eq 5 ]; then
+    echo "    (no $tier tests selected)"
+  elif [ "$status" -ne 0 ]; then
+    echo "error: the $tier tier failed (pytest exit status $status); later tiers not run" >&2
+    return "$status"
+  fi
+}
+
 [ $# -ge 1 ] || usage
 cmd=$1; shift
 case "$cmd" in
@@ -47,10 +70,15 @@ case "$cmd" in
     ;;
   test)
     setup
-    echo "==> ruff check"; "$VENV/bin/ruff" check .
-    echo "==> ruff format --check"; "$VENV/bin/ruff" format --check .
-    echo "==> mypy (strict)"; "$VENV/bin/mypy"
-    echo "==> pytest"; exec "$VENV/bin/pytest" -q "$@"
+    lint
+    for tier in unit chdb stack; do
+      pytest_tier "$tier" "$@" || exit $?
+    done
+    ;;
+  test-unit)
+    setup
+    lint
+    pytest_tier unit "$@"
     ;;
   *) usage ;;
 esac

@@ -1,4 +1,9 @@
-"""Shared fixtures: the real stack once per session, unique topics per test, chDB."""
+"""Shared fixtures: the real stack once per session, unique topics per test, chDB.
+
+The test tiers (unit, chdb, stack) and their guards live in tests/tiers.py: the
+``services``/``settings`` fixtures are refused to tests not marked ``stack``, and
+``ch``/``ch_session`` to tests marked neither ``chdb`` nor ``stack``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.stream.clickhouse import connect, migrate
+from llmpulse.processors.stream import clickhouse
 from tests.harness import running_services, with_unique_topics
+
+# pytester: tests/test_tiers.py runs small suites through the tiers plugin.
+pytest_plugins = ["pytester", "tests.tiers"]
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +31,7 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def services(base_settings: Settings) -> Iterator[Settings]:
-    """Real Kafka, Redis and Prometheus for the whole session."""
+    """Real Kafka, Redis and Prometheus for the whole session (stack tier only)."""
     with running_services(base_settings) as ready:
         yield ready
 
@@ -36,9 +44,13 @@ async def settings(services: Settings) -> Settings:
 
 @pytest.fixture(scope="session")
 def ch_session(base_settings: Settings) -> Client:
-    """One chDB client for the session (chDB allows one data folder per process)."""
-    client = connect(base_settings)
-    migrate(client)
+    """One chDB client for the session (chDB allows one data folder per process).
+
+    chdb and stack tiers only.
+    """
+    # Through the module attribute, so the tier guard on ``connect`` sees this call.
+    client = clickhouse.connect(base_settings)
+    clickhouse.migrate(client)
     return client
 
 

@@ -25,7 +25,13 @@ from llmpulse.processors.stream.topics import create_topics
 
 @contextmanager
 def running_services(settings: Settings) -> Iterator[Settings]:
-    """Services for a test session; yields settings that point at them."""
+    """Services for a test session; yields settings that point at them.
+
+    Only tests marked ``stack`` may start them (:class:`tests.tiers.TierViolation`).
+    """
+    from tests import tiers  # here: the tiers plugin must be imported by pytest first
+
+    tiers.check(tiers.STACK, "started the test services (tests.harness.running_services)")
     if settings.test_services == "testcontainers":
         with _containers(settings) as ready:
             yield ready

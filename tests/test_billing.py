@@ -107,6 +107,7 @@ def march(ch: Client) -> list[LLMOutcome]:
     return outcomes
 
 
+@pytest.mark.chdb
 def test_allocation_is_exact_per_org_and_operation(ch: Client, march: list[LLMOutcome]) -> None:
     report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     expected = expected_allocation(march, PRICES, RATES, RATE)
@@ -131,6 +132,7 @@ def test_allocation_is_exact_per_org_and_operation(ch: Client, march: list[LLMOu
     assert next(ln for ln in report.lines if ln.org_id == "acme").org_name == "Acme Corp"
 
 
+@pytest.mark.chdb
 def test_unpriced_usage_is_never_zero_priced(ch: Client, march: list[LLMOutcome]) -> None:
     report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     unpriced = sum(1 for o in march if (o.provider, o.model) not in PRICES)
@@ -142,6 +144,7 @@ def test_unpriced_usage_is_never_zero_priced(ch: Client, march: list[LLMOutcome]
             assert emb.list_cost_usd == 0
 
 
+@pytest.mark.chdb
 def test_csv_has_every_operation_and_totals_add_up(ch: Client, march: list[LLMOutcome]) -> None:
     report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE)
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
@@ -166,6 +169,7 @@ def test_csv_has_every_operation_and_totals_add_up(ch: Client, march: list[LLMOu
     assert "TOTAL" in render_table(report)
 
 
+@pytest.mark.chdb
 def test_period_close_snapshot_and_late_adjustment(ch: Client, march: list[LLMOutcome]) -> None:
     closed = reports.close_period(ch, "2026-03", default_rate=RATE, settle_seconds=0.2)
     before = render_csv(closed)
@@ -193,12 +197,14 @@ def test_period_close_snapshot_and_late_adjustment(ch: Client, march: list[LLMOu
     assert adj.total("cost_usd") == late.cost_usd
 
 
+@pytest.mark.chdb
 def test_close_refuses_unfinished_month(ch: Client) -> None:
     now = datetime.now(UTC)
     with pytest.raises(reports.BillingInputError, match="has not ended yet"):
         reports.close_period(ch, now.strftime("%Y-%m"), default_rate=RATE, settle_seconds=0)
 
 
+@pytest.mark.chdb
 @pytest.mark.parametrize(
     "org",
     ["acme' OR '1'='1", "acme'; DROP TABLE usage_events; --", "x\\' OR 1=1 --", "{org:String}"],
@@ -211,6 +217,7 @@ def test_org_filter_is_bound_not_spliced(ch: Client, march: list[LLMOutcome], or
     assert ch.query("SELECT count() FROM usage_events").result_rows[0][0] > 0
 
 
+@pytest.mark.chdb
 def test_org_filter_selects_one_org(ch: Client, march: list[LLMOutcome]) -> None:
     report = reports.cost_report(ch, MARCH, APRIL, default_rate=RATE, org="acme")
     assert {ln.org_id for ln in report.lines} == {"acme"}
@@ -278,6 +285,7 @@ def test_pricing_file_errors(tmp_path: Path, name: str, text: str, message: str)
         pricing.parse_file(path)
 
 
+@pytest.mark.chdb
 def test_pricing_csv_and_example_file(tmp_path: Path, ch: Client) -> None:
     path = tmp_path / "rates.csv"
     path.write_text("org_id,effective_from,rate\nacme,2026-01-01,1.5\nglobex,2026-02-01,1.0\n")

@@ -33,7 +33,7 @@ from llmpulse.schemas.events import BreakerSnapshot, BreakerState
 from llmpulse.schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
 from tests.harness import read_all, wait_for, with_unique_topics
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.stack
 
 CONFIG = """
 default:

@@ -52,6 +52,7 @@ def _default_for(sql_type: str) -> Any:
     raise AssertionError(f"no default for parameter type {sql_type}")
 
 
+@pytest.mark.chdb
 def test_migrations_are_idempotent(ch: Client) -> None:
     assert migrate(ch) == []  # the session fixture applied them already
     versions = [
@@ -60,6 +61,7 @@ def test_migrations_are_idempotent(ch: Client) -> None:
     assert versions == [m.version for m in migrations()]
 
 
+@pytest.mark.chdb
 def test_changed_migration_is_refused(tmp_path: Path, ch: Client) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
@@ -81,6 +83,7 @@ def test_split_statements_ignores_comments() -> None:
     assert split_statements(sql) == ["CREATE TABLE a (x UInt8) ENGINE=Memory", "SELECT 1"]
 
 
+@pytest.mark.chdb
 @pytest.mark.parametrize(
     ("table", "columns"),
     [
@@ -110,6 +113,7 @@ _QUERIES: list[Traversable] = sorted(
 )
 
 
+@pytest.mark.chdb
 @pytest.mark.parametrize(
     "path", [q for q in _QUERIES if q.name.endswith(".sql")], ids=lambda q: str(q.name)
 )
@@ -118,6 +122,7 @@ def test_every_named_query_runs(ch: Client, path: Traversable) -> None:
     run_query(ch, path.name.removesuffix(".sql"), params)
 
 
+@pytest.mark.chdb
 def test_usage_rows_roundtrip_exactly(ch: Client) -> None:
     rng = random.Random(5)
     start = datetime(2026, 2, 1, tzinfo=UTC)

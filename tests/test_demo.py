@@ -13,7 +13,7 @@ import pytest
 
 from llmpulse.processors.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.stack
 
 
 def test_demo_runs_and_reports(services: Settings, tmp_path: Path) -> None:

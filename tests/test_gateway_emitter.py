@@ -127,7 +127,7 @@ def _local_kafka(base_settings: Settings) -> None:
 # ----------------------------------------------------------------------- integration
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_normal_path_delivers_each_event_once_keyed_by_provider(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -154,7 +154,7 @@ async def test_normal_path_delivers_each_event_once_keyed_by_provider(
     assert not list((tmp_path / "spool").glob("*.jsonl"))
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_kafka_outage_spools_and_replays_every_event_exactly_once(
     settings: Settings, base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -213,7 +213,7 @@ async def test_kafka_outage_spools_and_replays_every_event_exactly_once(
     assert not list((tmp_path / "spool").glob("*.jsonl"))
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_events_spooled_while_kafka_is_down_are_delivered_after_restart(
     settings: Settings, base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -246,7 +246,7 @@ async def test_events_spooled_while_kafka_is_down_are_delivered_after_restart(
     assert not list(config.spool_dir.glob("*.jsonl"))
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_truncated_last_spool_line_is_skipped_and_the_rest_replayed(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -290,7 +290,7 @@ async def test_truncated_last_spool_line_is_skipped_and_the_rest_replayed(
     assert not list(spool_dir.glob("*.jsonl"))
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_full_queue_spills_to_the_spool_without_blocking(
     settings: Settings, tmp_path: Path
 ) -> None:

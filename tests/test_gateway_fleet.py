@@ -33,7 +33,7 @@ from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, topic_spec
 from llmpulse.simulator.fleet import FleetReport, FleetScenario, half_open_periods, run_fleet
 from llmpulse.simulator.providers import Fault, FaultKind
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(420)]
 
 #: A call decided by an instance a moment before the observer saw a transition
 #: (separate Redis connections deliver the same announcement a few ms apart).

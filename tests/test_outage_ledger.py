@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.core.usage import USAGE_COLUMNS, payload_hash, usage_row
@@ -14,6 +15,8 @@ from llmpulse.processors.sinks.breaker_transitions import COLUMNS, transition_ro
 from llmpulse.processors.stream.clickhouse import run_query
 from llmpulse.schemas.events import BreakerSnapshot, BreakerState
 from llmpulse.simulator.samples import sample_outcome
+
+pytestmark = pytest.mark.chdb
 
 T = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)

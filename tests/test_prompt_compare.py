@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.core.ab_stats import Verdict
@@ -15,6 +16,8 @@ from llmpulse.processors.prompts.agent import performance_record
 from llmpulse.processors.prompts.comparison import compare, render_json, render_text
 from llmpulse.processors.sinks.prompts import PERFORMANCE_COLUMNS, performance_row
 from llmpulse.processors.stream.clickhouse import run_query
+
+pytestmark = pytest.mark.chdb
 
 T0 = datetime(2026, 7, 1, 12, 0, tzinfo=UTC).timestamp()
 PERIOD = {

@@ -37,7 +37,7 @@ from llmpulse.schemas import ErrorClass, Feedback, LLMOutcome, Operation, Outcom
 from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, PROMPT_VERSIONS
 from tests.harness import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.stack
 WINDOWS = (2, 10)
 
 

@@ -110,7 +110,7 @@ def test_start_service_rejects_unknown_names(tmp_path: Path) -> None:
 # ---------------------------------------------------------- integration tests
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_up_reports_all_services_running(local_stack: _Stack) -> None:
     result = stack.status(local_stack.settings)
     assert {name: s.state for name, s in result.items()} == {
@@ -126,7 +126,7 @@ def test_up_reports_all_services_running(local_stack: _Stack) -> None:
     assert stack.endpoints(local_stack.settings) == eps
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_kafka_topic_produce_consume(local_stack: _Stack) -> None:
     bootstrap = local_stack.endpoints.kafka_bootstrap
     topic = f"stack-smoke-{uuid.uuid4().hex[:8]}"
@@ -159,7 +159,7 @@ async def test_kafka_topic_produce_consume(local_stack: _Stack) -> None:
     assert (message.key, message.value) == (b"k", b"hello")
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_redis_ping(local_stack: _Stack) -> None:
     client = redis.Redis.from_url(local_stack.endpoints.redis_url, socket_timeout=5)
     try:
@@ -168,7 +168,7 @@ def test_redis_ping(local_stack: _Stack) -> None:
         client.close()
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_prometheus_config_and_file_sd_targets(local_stack: _Stack) -> None:
     url = local_stack.endpoints.prometheus_url
     config = _get_json(f"{url}/api/v1/status/config")
@@ -188,7 +188,7 @@ def test_prometheus_config_and_file_sd_targets(local_stack: _Stack) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_up_again_is_idempotent(local_stack: _Stack) -> None:
     before = stack.status(local_stack.settings)
     messages: list[str] = []
@@ -198,7 +198,7 @@ def test_up_again_is_idempotent(local_stack: _Stack) -> None:
     assert all("already running" in m for m in messages), messages
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_external_services_are_not_started(local_stack: _Stack, tmp_path: Path) -> None:
     eps = local_stack.endpoints
     external = _settings(
@@ -219,7 +219,7 @@ def test_external_services_are_not_started(local_stack: _Stack, tmp_path: Path) 
         stack.stop_service(external, "redis")
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_port_taken_between_pick_and_bind_is_retried(
     local_stack: _Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,7 +245,7 @@ def test_port_taken_between_pick_and_bind_is_retried(
             stack.down(mixed, progress=messages.append)
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_stop_and_start_redis_keeps_port_and_data(local_stack: _Stack) -> None:
     settings = local_stack.settings
     url = local_stack.endpoints.redis_url
@@ -266,7 +266,7 @@ def test_stop_and_start_redis_keeps_port_and_data(local_stack: _Stack) -> None:
         client.close()
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 async def test_kafka_crash_and_restart_keeps_port_and_topics(local_stack: _Stack) -> None:
     settings = local_stack.settings
     bootstrap = local_stack.endpoints.kafka_bootstrap
@@ -291,7 +291,7 @@ async def test_kafka_crash_and_restart_keeps_port_and_topics(local_stack: _Stack
         await admin.close()
 
 
-@pytest.mark.integration
+@pytest.mark.stack
 def test_down_stops_everything(local_stack: _Stack) -> None:
     pids = [s.pid for s in stack.status(local_stack.settings).values()]
     stack.down(local_stack.settings)

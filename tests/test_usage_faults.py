@@ -33,7 +33,7 @@ from llmpulse.schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus
 from llmpulse.schemas.topics import OUTCOMES, topic_spec
 from tests.harness import committed_offsets, read_all, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.stack
 
 ORGS = [f"org-{i:02d}" for i in range(20)]
 MODELS = [

@@ -26,7 +26,7 @@ from llmpulse.schemas.topics import OUTCOMES, topic_spec
 from llmpulse.simulator.samples import sample_outcome
 from tests.harness import committed_offsets, read_all, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.stack
 
 SECRET = "sk-live-0123456789abcdefSECRET"
 

@@ -19,7 +19,7 @@ import pytest
 from llmpulse.processors.settings import Settings
 from tests.harness import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.stack
 
 
 def _start(
