@@ -16,6 +16,7 @@ from pathlib import Path
 from llmpulse.devstack import stack
 from llmpulse.gateway.config import GatewayConfig
 from llmpulse.processors import supervisor
+from llmpulse.processors.errors import InputError
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.topics import create_topics
@@ -34,7 +35,7 @@ MODELS = {p: dict(zip(_OPERATIONS, samples.MODELS[p], strict=True)) for p in PRO
 _FAULT = re.compile(r"^([a-z0-9_-]+):(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)(?::(\d+(?:\.\d+)?))?$")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InputError, ValueError):
     """A fault or provider option the simulator cannot use (one-line message)."""
 
 

@@ -1,34 +1,86 @@
-"""Configuration of the gateway SDK (one object, passed down; no environment lookups)."""
+"""Configuration of the gateway SDK (one object, passed down).
+
+The environment is read in one place only, :meth:`GatewayConfig.from_env`, with
+the same ``LLMPULSE_*`` names the workers read (``llmpulse.processors.settings``)
+and ``LLMPULSE_GATEWAY_*`` names for the gateway's own knobs. It is read by hand,
+not with pydantic-settings, because the light install (``pip install llmpulse``)
+does not have it.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from llmpulse.gateway.exceptions import ConfigError
+
+__all__ = ["ENV_VARS", "GatewayConfig", "redis_client"]
 
 
 def _default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+#: The environment variable of each ``GatewayConfig`` field (``GatewayConfig.from_env``).
+#: The first three are the workers' own names, so one environment serves both.
+ENV_VARS: Mapping[str, str] = {
+    "bootstrap_servers": "LLMPULSE_KAFKA_BOOTSTRAP",
+    "redis_url": "LLMPULSE_REDIS_URL",
+    "topic_prefix": "LLMPULSE_TOPIC_PREFIX",
+    "instance_id": "LLMPULSE_GATEWAY_INSTANCE_ID",
+    "spool_dir": "LLMPULSE_GATEWAY_SPOOL_DIR",
+    "emit_queue_size": "LLMPULSE_GATEWAY_EMIT_QUEUE_SIZE",
+    "snapshot_refresh_seconds": "LLMPULSE_GATEWAY_SNAPSHOT_REFRESH_SECONDS",
+    "snapshot_stale_seconds": "LLMPULSE_GATEWAY_SNAPSHOT_STALE_SECONDS",
+    "permit_ttl_ms": "LLMPULSE_GATEWAY_PERMIT_TTL_MS",
+    "redis_timeout_seconds": "LLMPULSE_GATEWAY_REDIS_TIMEOUT_SECONDS",
+}
+_GATEWAY_PREFIX = "LLMPULSE_GATEWAY_"
+
+
+def _config_error(exc: ValidationError, what: str, names: Mapping[str, str]) -> ConfigError:
+    """One ``ConfigError`` naming each setting at fault (``names[field]`` or the field).
+
+    Input values are left out on purpose: a Redis URL can carry a password.
+    """
+    settings, parts = [], []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = str(err["loc"][0]) if err["loc"] else "<config>"
+        name = names.get(field, field)
+        if err["type"] == "missing":
+            parts.append(f"{name} is not set")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"{name} is not a gateway setting")
+        else:
+            parts.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+        settings.append(name)
+    return ConfigError(f"invalid gateway {what}: " + "; ".join(parts), names=settings)
+
+
 class GatewayConfig(BaseModel):
     """Where the gateway finds Kafka and Redis, and its timing bounds.
 
     ``topic_prefix`` must match the processors' ``LLMPULSE_TOPIC_PREFIX`` (it
-    prefixes topic names and Redis keys alike).
+    prefixes topic names and Redis keys alike). Constructing one with an invalid
+    value raises :class:`~llmpulse.gateway.exceptions.ConfigError` naming the
+    field (never pydantic's ``ValidationError``). Frozen: pass it down as is.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bootstrap_servers: str
+    bootstrap_servers: Annotated[str, Field(min_length=1)]
     redis_url: str = "redis://127.0.0.1:6379/0"
-    topic_prefix: str = ""
+    # The workers' rule (processors.settings.Settings.topic_prefix): a prefix they
+    # would refuse could never meet the gateway's topics and keys.
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$")] = ""
     instance_id: Annotated[str, Field(min_length=1, max_length=128)] = Field(
         default_factory=_default_instance
     )
@@ -46,6 +98,66 @@ class GatewayConfig(BaseModel):
     permit_ttl_ms: Annotated[int, Field(ge=100)] = 30_000
     #: Redis socket timeout: a hung Redis must not hold a request longer than this.
     redis_timeout_seconds: Annotated[float, Field(gt=0)] = 0.25
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so the pydantic plugin keeps the typed
+        # keyword signature; at run time a ValidationError becomes ConfigError.
+        def __init__(self, /, **data: Any) -> None:
+            self._validate(data, "configuration", {})
+
+    def _validate(self, data: Mapping[str, Any], what: str, names: Mapping[str, str]) -> None:
+        # BaseModel.__init__ directly: pydantic runs an overridden __init__ inside
+        # its own validation and would wrap our ConfigError in a ValidationError.
+        try:
+            BaseModel.__init__(self, **data)
+        except ValidationError as exc:
+            raise _config_error(exc, what, names) from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        """The configuration from ``LLMPULSE_*`` variables (``os.environ`` by default).
+
+        One variable per field (``ENV_VARS``); an unset or empty variable keeps the
+        field's default:
+
+        ============================================  ==========================  ==========
+        variable                                      field                       default
+        ============================================  ==========================  ==========
+        ``LLMPULSE_KAFKA_BOOTSTRAP`` (required)       bootstrap_servers           none
+        ``LLMPULSE_REDIS_URL``                        redis_url                   redis://127.0.0.1:6379/0
+        ``LLMPULSE_TOPIC_PREFIX``                     topic_prefix                ""
+        ``LLMPULSE_GATEWAY_INSTANCE_ID``              instance_id                 host-pid
+        ``LLMPULSE_GATEWAY_SPOOL_DIR``                spool_dir                   .llmpulse-spool
+        ``LLMPULSE_GATEWAY_EMIT_QUEUE_SIZE``          emit_queue_size             10000
+        ``LLMPULSE_GATEWAY_SNAPSHOT_REFRESH_SECONDS`` snapshot_refresh_seconds    1.0
+        ``LLMPULSE_GATEWAY_SNAPSHOT_STALE_SECONDS``   snapshot_stale_seconds      3.0
+        ``LLMPULSE_GATEWAY_PERMIT_TTL_MS``            permit_ttl_ms               30000
+        ``LLMPULSE_GATEWAY_REDIS_TIMEOUT_SECONDS``    redis_timeout_seconds       0.25
+        ============================================  ==========================  ==========
+
+        The first three are the workers' own variables, so one environment
+        configures both. Other ``LLMPULSE_*`` variables (the workers') are
+        ignored; an unknown ``LLMPULSE_GATEWAY_*`` variable (a typo) is an error.
+        Raises :class:`~llmpulse.gateway.exceptions.ConfigError` naming every
+        variable at fault (``names``) when the bootstrap servers are not set or a
+        value is invalid. Reads the mapping once and does no I/O.
+        """
+        env = os.environ if environ is None else environ
+        unknown = sorted(
+            name
+            for name in env
+            if name.startswith(_GATEWAY_PREFIX) and name not in ENV_VARS.values()
+        )
+        if unknown:
+            known = [v for v in ENV_VARS.values() if v.startswith(_GATEWAY_PREFIX)]
+            raise ConfigError(
+                f"unknown gateway setting {', '.join(unknown)} (known: {', '.join(known)})",
+                names=unknown,
+            )
+        data = {field: env[var] for field, var in ENV_VARS.items() if env.get(var)}
+        config = cls.__new__(cls)
+        config._validate(data, "environment", ENV_VARS)
+        return config
 
     def topic(self, name: str) -> str:
         """Qualified topic name (applies ``topic_prefix``)."""

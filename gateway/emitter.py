@@ -66,6 +66,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
 
 from llmpulse.gateway.config import GatewayConfig
+from llmpulse.gateway.exceptions import EmitterClosed, EmitterError
 from llmpulse.gateway.metrics import EMIT_QUEUE_DEPTH, EVENTS_REPLAYED, EVENTS_SPOOLED
 from llmpulse.gateway.spool import Spool, SpoolRecord, read_segment
 from llmpulse.schemas.events import Feedback, LLMOutcome, LLMRequest
@@ -228,7 +229,7 @@ class EventEmitter:
         process are replayed in the background.
         """
         if self._started:
-            raise RuntimeError("EventEmitter already started")
+            raise EmitterError("EventEmitter already started")
         self._started = True
         if not await self._ensure_producer():
             self._enter_spooling("Kafka unreachable at start")
@@ -255,11 +256,11 @@ class EventEmitter:
 
         The event goes to the memory queue, or to the disk spool when the queue
         is full or :meth:`close` is under way (a small local file append). Raises
-        ``TypeError`` for an unsupported event type and ``RuntimeError`` after
-        :meth:`close` has finished (both programming errors).
+        ``TypeError`` for an unsupported event type and :class:`EmitterClosed` (a
+        ``RuntimeError``) after :meth:`close` has finished (both programming errors).
         """
         if self._closed:
-            raise RuntimeError("EventEmitter is closed")
+            raise EmitterClosed("EventEmitter is closed")
         spec = _SPECS.get(type(event))
         if spec is None:
             raise TypeError(f"cannot emit {type(event).__name__}")

@@ -28,6 +28,9 @@ another provider. Not retryable means the request itself is at fault (or not
 allowed), so another provider would fail the same way: return the error to the
 caller. ``retry_after_s`` is set on retryable ``ProviderError`` decisions that
 carry a parseable Retry-After (429, and 503 where servers commonly send one).
+
+``ProviderError`` itself is defined with the gateway's other exceptions in
+``llmpulse.gateway.exceptions`` (still importable from here).
 """
 
 from __future__ import annotations
@@ -38,33 +41,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from llmpulse.gateway.exceptions import ProviderError
 from llmpulse.schemas.events import ErrorClass, OutcomeStatus
 
 # RFC 9110 delta-seconds is 1*DIGIT; some providers send fractions ("0.5"), accept those too.
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-
-
-class ProviderError(Exception):
-    """A provider call failed with a known HTTP status and/or error class.
-
-    Provider call functions raise this (or let timeouts/network errors through)
-    so that ``classify_error`` can decide between retry, failover and returning
-    the error. The message is kept as the exception's ``str``.
-    """
-
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        http_status: int | None = None,
-        error_class: ErrorClass | None = None,
-        retry_after: str | float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.error_class = error_class
-        #: Raw Retry-After: header value (delta-seconds or HTTP-date) or seconds.
-        self.retry_after = retry_after
 
 
 def parse_retry_after(value: str | float | None, now: datetime) -> float | None:
@@ -165,3 +146,6 @@ def _retry(
 ) -> ErrorDecision:
     wait = parse_retry_after(exc.retry_after, now)
     return ErrorDecision(status, cls, exc.http_status, True, wait)
+
+
+__all__ = ["ErrorDecision", "ProviderError", "classify_error", "parse_retry_after"]

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmpulse.gateway.config import GatewayConfig
+from llmpulse.gateway.exceptions import PromptUnavailable as PromptUnavailable
 from llmpulse.schemas.serving import PromptView, prompt_key
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,6 @@ class PromptChoice:
 
     prompt_name: str
     version: PromptVersionView
-
-
-class PromptUnavailable(Exception):
-    """No active version is known for the prompt (none in Redis and none cached)."""
 
 
 def _problem(exc: ValidationError) -> str:

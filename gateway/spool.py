@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from llmpulse.gateway.exceptions import SpoolLocked
+
 __all__ = ["SegmentRead", "Spool", "SpoolLocked", "SpoolRecord", "read_segment"]
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,6 @@ class SpoolRecord(NamedTuple):
 
 
 # --------------------------------------------------------------------------- spool
-
-
-class SpoolLocked(RuntimeError):
-    """Another spool (this or another process) already owns the directory."""
 
 
 @dataclass(frozen=True)

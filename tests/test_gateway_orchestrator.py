@@ -379,6 +379,7 @@ async def _shared_half_open(
     return orch, rds, serving.permit_keys(settings.topic_prefix, "a", 7, 2)
 
 
+@pytest.mark.stack
 async def test_cancelled_shared_probe_releases_its_redis_permit(settings: Settings) -> None:
     orch, rds, keys = await _shared_half_open(settings, FakeProvider("a", delay=10))
     try:
@@ -394,6 +395,7 @@ async def test_cancelled_shared_probe_releases_its_redis_permit(settings: Settin
         await rds.aclose()
 
 
+@pytest.mark.stack
 async def test_shared_probe_permits_are_kept_on_failure_and_freed_on_client_errors(
     settings: Settings,
 ) -> None:
@@ -419,6 +421,7 @@ async def test_shared_probe_permits_are_kept_on_failure_and_freed_on_client_erro
         await rds.aclose()
 
 
+@pytest.mark.stack
 async def test_without_a_live_breaker_worker_the_shared_view_is_stale(settings: Settings) -> None:
     config = GatewayConfig(
         bootstrap_servers="127.0.0.1:1",
