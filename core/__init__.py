@@ -8,4 +8,9 @@
 
 Imports only ``llmpulse.schemas`` and the standard library (a layering test
 enforces it).
+
+Errors: one class, ``registry.RegistryError`` (a ``ValueError``): a registry
+change the rules refuse (a version that is not the next one, weights over 1, ...);
+nothing has been written when it is raised. Everything else here is total over
+validated inputs.
 """

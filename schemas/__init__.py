@@ -2,6 +2,12 @@
 
 This package imports nothing from the rest of the project, so application
 services can depend on it alone.
+
+Errors: the contracts define no exception classes of their own. Decoding
+(``Model.model_validate_json``) raises pydantic's ``ValidationError``, whose
+entries name the field and the rule; the workers turn it into a DLQ reason
+(``llmpulse.processors.stream.codec.PoisonEvent``) and the gateway into its own
+tree (``llmpulse.gateway.exceptions``), so neither lets it escape.
 """
 
 from llmpulse.schemas.events import (
