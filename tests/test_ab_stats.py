@@ -38,7 +38,17 @@ def test_betainc_matches_scipy(a: float, b: float, x: float) -> None:
 @given(st.floats(-30, 30), st.floats(1, 5000))
 @settings(max_examples=200)
 def test_t_two_sided_matches_scipy(t: float, df: float) -> None:
-    assert t_sf_two_sided(t, df) == pytest.approx(2 * sps.t.sf(abs(t), df), abs=1e-9)
+    # scipy's t.sf is only good to ~1e-9 near t = 0 (it gives exactly 1.0 for
+    # t = 2e-9, df = 1, where the true value is 1 - 1.29e-9); the closed-form test
+    # below checks that region more tightly.
+    assert t_sf_two_sided(t, df) == pytest.approx(2 * sps.t.sf(abs(t), df), abs=5e-9)
+
+
+@given(st.floats(-30, 30))
+@settings(max_examples=200)
+def test_t_two_sided_matches_the_cauchy_closed_form(t: float) -> None:
+    """With one degree of freedom, t is Cauchy: p = 1 - (2/pi) * atan(|t|), exactly."""
+    assert t_sf_two_sided(t, 1.0) == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi, abs=1e-9)
 
 
 @pytest.mark.parametrize("df", [1, 2, 5, 30, 500, 1e5])

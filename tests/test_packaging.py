@@ -461,6 +461,25 @@ print(json.dumps({"root": str(ops), "files": {n: ops.joinpath(n).is_file() for n
     assert all(found["files"].values()), found["files"]
 
 
+def test_worker_stack_up_and_down_from_an_empty_directory(
+    worker_venv: Venv, empty_dir: Path, tmp_path: Path
+) -> None:
+    """``stack up`` from the wheel: Maven reads the installed pom, templates render."""
+    env = clean_env(LLMPULSE_STATE_DIR=str(tmp_path / "state"))
+    if "LLMPULSE_CACHE_DIR" in os.environ:  # the Kafka jars the stack tier already fetched
+        env["LLMPULSE_CACHE_DIR"] = os.environ["LLMPULSE_CACHE_DIR"]
+    llmpulse = worker_venv.script("llmpulse")
+    try:
+        up = ok(run([llmpulse, "stack", "up"], empty_dir, env, timeout=300))
+        assert [line.split()[0] for line in up.splitlines()] == ["kafka", "redis", "prometheus"]
+        status = ok(run([llmpulse, "stack", "status"], empty_dir, env))
+        assert [line.split()[1] for line in status.splitlines()] == ["running"] * 3
+    finally:
+        ok(run([llmpulse, "stack", "down"], empty_dir, env))
+    stopped = run([llmpulse, "stack", "status"], empty_dir, env)
+    assert stopped.returncode == 1, stopped.stdout
+
+
 # --- the figures for the README ------------------------------------------------------
 def test_install_sizes(bare_venv: Venv, light_venv: Venv, worker_venv: Venv, outside: Path) -> None:
     base_bytes = disk_usage(bare_venv.site_packages)
