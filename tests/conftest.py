@@ -56,7 +56,14 @@ def ch_session(base_settings: Settings) -> Client:
 
 @pytest.fixture
 def ch(ch_session: Client) -> Client:
-    """The chDB client with empty tables for this test."""
-    for table in ("usage_events", "usage_conflicts", "breaker_transitions"):
+    """The chDB client with empty usage tables and no closed month for this test."""
+    for table in (
+        "usage_events",
+        "usage_event_keys",
+        "usage_conflicts",
+        "breaker_transitions",
+        "period_closes",
+        "closed_allocations",
+    ):
         ch_session.command(f"TRUNCATE TABLE IF EXISTS {table}")
     return ch_session

@@ -36,14 +36,24 @@ FROM
         if(c.closed = 1 AND e.inserted_at > c.closed_at, toString(c.period), '') AS adjusts_period
     FROM
     (
+        -- The period's own usage: only the partitions of [start, end) are read.
         SELECT *, toDate(toStartOfMonth(event_time)) AS month
         FROM usage_events FINAL
         WHERE inserted_at <= {as_of:DateTime64(6, 'UTC')}
           AND ({org:String} = '' OR org_id = {org:String})
-          AND (
-                (event_time >= {start:DateTime64(6, 'UTC')} AND event_time < {end:DateTime64(6, 'UTC')})
-             OR (inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')})
-          )
+          AND event_time >= {start:DateTime64(6, 'UTC')} AND event_time < {end:DateTime64(6, 'UTC')}
+        UNION ALL
+        -- Candidates for adjustment lines: earlier usage stored during the period.
+        -- Late usage belongs to a month that was closed before it was stored, so
+        -- its event time is before its insert time: with the branch above this
+        -- covers every row the period can report. The minmax index on inserted_at
+        -- skips every granule stored before the period (no full scan).
+        SELECT *, toDate(toStartOfMonth(event_time)) AS month
+        FROM usage_events FINAL
+        WHERE inserted_at <= {as_of:DateTime64(6, 'UTC')}
+          AND ({org:String} = '' OR org_id = {org:String})
+          AND event_time < {start:DateTime64(6, 'UTC')}
+          AND inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')}
     ) AS e
     LEFT JOIN (SELECT period, closed_at, 1 AS closed FROM period_closes) AS c ON e.month = c.period
     WHERE (adjusts_period = ''

@@ -32,7 +32,9 @@ from llmpulse.schemas.events import LLMOutcome
 from llmpulse.schemas.topics import OUTCOMES
 
 FLOW = "usage_events"
-_LOOKUP = "SELECT event_id, payload_hash FROM usage_events WHERE event_id IN {ids:Array(UUID)}"
+#: Stored ids and payload hashes, from the table sorted by event_id (migration 0007):
+#: one small granule per id, so the lookup stays flat as usage_events grows.
+_LOOKUP = "SELECT event_id, payload_hash FROM usage_event_keys WHERE event_id IN {ids:Array(UUID)}"
 
 __all__ = ["FLOW", "SinkStats", "UsageSink"]
 
