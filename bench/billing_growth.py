@@ -1,0 +1,167 @@
+"""Billing cost as stored usage grows: dedup lookup and cost reports at 1M, 10M, 100M rows.
+
+    python -m bench.billing_growth [--sizes 0,1000000,10000000] [--repeat 5]
+
+Fills an embedded chDB database (a temporary folder) with synthetic usage, in
+steps up to each size: 24 months of events (2025-01 to 2026-12), 50
+organizations, three operations, stored 10 s after they happened; the
+migrations' materialized view fills ``usage_event_keys`` as the sink's inserts
+do. At each size it measures, as the median of ``--repeat`` runs:
+
+* the usage sink's dedup lookup of 5,000 ids (half stored, half new): the
+  sink's query on ``usage_event_keys``, and the same query on ``usage_events``
+  (what the sink did before migration 0007) for comparison;
+* ``usage_events__allocation`` for one month (2026-06), every organization and
+  one organization, and the brute-force query it replaced
+  (``tests/billing_reference_allocation.sql``) for comparison.
+
+Times are client wall times of the query through clickhouse-connect's chDB
+interface (the same path as the sink and ``llmpulse report costs``). Figures
+are printed as a Markdown table; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from llmpulse.processors.settings import Settings
+from llmpulse.processors.sinks.usage import _LOOKUP
+from llmpulse.processors.stream.clickhouse import connect, migrate, run_query
+
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "billing_reference_allocation.sql"
+CHUNK = 5_000_000
+MONTHS = 24
+START = datetime(2025, 1, 1, tzinfo=UTC)
+SPAN_SECONDS = int((datetime(2027, 1, 1, tzinfo=UTC) - START).total_seconds())
+JUNE = (datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC))
+
+#: Synthetic rows ``first`` .. ``first + n - 1`` of a table of ``total`` rows: event
+#: times spread evenly over the 24 months whatever the size.
+_FILL = """
+INSERT INTO usage_events (
+    event_id, request_id, event_time, org_id, user_id, operation, provider, model,
+    prompt_name, prompt_version, status, error_class, http_status, latency_ms, ttft_ms,
+    input_tokens, output_tokens, cached_tokens, cost_usd, cache_hit, attempt, is_probe,
+    payload_hash, inserted_at)
+SELECT
+    generateUUIDv4(number), generateUUIDv4(number + 1),
+    toDateTime64('2025-01-01 00:00:00', 6, 'UTC')
+        + toIntervalMicrosecond(intDiv(number * {span_us:UInt64}, {total:UInt64})) AS t,
+    concat('org-', toString(number % 50)), '',
+    ['completion', 'embedding', 'moderation'][number % 3 + 1],
+    ['openai', 'anthropic'][number % 2 + 1],
+    ['gpt-4o', 'claude-sonnet-4'][number % 2 + 1],
+    '', 0, 'success', '', 200, 100 + number % 900, NULL,
+    100 + number % 4000, number % 800, 0,
+    toDecimal64(number % 10000, 9) / 1000000, false, 1, false,
+    hex(SHA256(toString(number))), t + toIntervalSecond(10)
+FROM numbers({first:UInt64}, {n:UInt64})
+"""
+
+
+def _median_seconds(run: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _fill(client: Client, first: int, upto: int, total: int) -> None:
+    for start in range(first, upto, CHUNK):
+        n = min(CHUNK, upto - start)
+        client.command(
+            _FILL,
+            parameters={
+                "span_us": SPAN_SECONDS * 1_000_000,
+                "total": total,
+                "first": start,
+                "n": n,
+            },
+        )
+        print(f"  stored {start + n:,} rows", flush=True)
+
+
+def _lookup_ids(client: Client, rng: random.Random) -> list[uuid.UUID]:
+    stored = client.query("SELECT event_id FROM usage_event_keys ORDER BY rand() LIMIT 2500")
+    known = [uuid.UUID(str(row[0])) for row in stored.result_rows]
+    fresh = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(5000 - len(known))]
+    return known + fresh
+
+
+def measure(client: Client, repeat: int, rng: random.Random) -> dict[str, float]:
+    ids = _lookup_ids(client, rng)
+    reference = REFERENCE.read_text()
+    params: dict[str, Any] = {
+        "start": JUNE[0],
+        "end": JUNE[1],
+        "as_of": datetime(2100, 1, 1, tzinfo=UTC),
+        "default_rate": Decimal("1.2"),
+    }
+    figures = {
+        "lookup": _median_seconds(lambda: client.query(_LOOKUP, parameters={"ids": ids}), repeat),
+        "lookup_before": _median_seconds(
+            lambda: client.query(
+                _LOOKUP.replace("usage_event_keys", "usage_events"), parameters={"ids": ids}
+            ),
+            repeat,
+        ),
+    }
+    for label, org in (("report_month", ""), ("report_org", "org-7")):
+        bound = {**params, "org": org}
+        figures[label] = _median_seconds(
+            functools.partial(run_query, client, "usage_events__allocation", bound), repeat
+        )
+        figures[f"{label}_before"] = _median_seconds(
+            functools.partial(client.query, reference, parameters=bound), repeat
+        )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="0,1000000,10000000", help="comma-separated row counts")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    total = max(sizes)
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="llmpulse-billing-growth-") as tmp:
+        settings = Settings(clickhouse_dsn=f"chdb://{Path(tmp) / 'chdb'}")
+        client = connect(settings)
+        migrate(client)
+        rows, results = 0, []
+        for size in sizes:
+            print(f"filling to {size:,} rows", flush=True)
+            _fill(client, rows, size, total)
+            rows = size
+            client.command("OPTIMIZE TABLE usage_event_keys")  # as background merges would
+            results.append((size, measure(client, args.repeat, rng)))
+    print()
+    print("| stored rows | dedup lookup, 5,000 ids (before) | report, one month (before) "
+          "| report, one org (before) |")  # fmt: skip
+    print("|---|---|---|---|")
+    for size, f in results:
+        print(
+            f"| {size:,} | {f['lookup']:.3f} s ({f['lookup_before']:.3f} s) "
+            f"| {f['report_month']:.3f} s ({f['report_month_before']:.3f} s) "
+            f"| {f['report_org']:.3f} s ({f['report_org_before']:.3f} s) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
