@@ -13,7 +13,9 @@ do. At each size it measures, as the median of ``--repeat`` runs:
   (what the sink did before migration 0007) for comparison;
 * ``usage_events__allocation`` for one month (2026-06), every organization and
   one organization, and the brute-force query it replaced
-  (``tests/billing_reference_allocation.sql``) for comparison.
+  (``tests/billing_reference_allocation.sql``) for comparison; the two must
+  return the same rows (the run stops otherwise), and the table shows how many
+  requests the month and the organization hold.
 
 Times are client wall times of the query through clickhouse-connect's chDB
 interface (the same path as the sink and ``llmpulse report costs``). Figures
@@ -123,6 +125,12 @@ def measure(client: Client, repeat: int, rng: random.Random) -> dict[str, float]
     }
     for label, org in (("report_month", ""), ("report_org", "org-7")):
         bound = {**params, "org": org}
+        fast = run_query(client, "usage_events__allocation", bound)
+        before = client.query(reference, parameters=bound)
+        brute = [dict(zip(before.column_names, r, strict=True)) for r in before.result_rows]
+        if fast != brute:  # a speed-up that changes the answer is no speed-up
+            raise SystemExit(f"{label}: the report differs from the brute-force query")
+        figures[f"{label}_requests"] = float(sum(int(r["requests"]) for r in fast))
         figures[label] = _median_seconds(
             functools.partial(run_query, client, "usage_events__allocation", bound), repeat
         )
@@ -153,13 +161,14 @@ def main() -> None:
             results.append((size, measure(client, args.repeat, rng)))
     print()
     print("| stored rows | dedup lookup, 5,000 ids (before) | report, one month (before) "
-          "| report, one org (before) |")  # fmt: skip
-    print("|---|---|---|---|")
+          "| report, one org (before) | requests in the month / org |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for size, f in results:
         print(
             f"| {size:,} | {f['lookup']:.3f} s ({f['lookup_before']:.3f} s) "
             f"| {f['report_month']:.3f} s ({f['report_month_before']:.3f} s) "
-            f"| {f['report_org']:.3f} s ({f['report_org_before']:.3f} s) |"
+            f"| {f['report_org']:.3f} s ({f['report_org_before']:.3f} s) "
+            f"| {f['report_month_requests']:,.0f} / {f['report_org_requests']:,.0f} |"
         )
 
 
