@@ -50,8 +50,9 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN_SECONDS = int((datetime(2027, 1, 1, tzinfo=UTC) - START).total_seconds())
 JUNE = (datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC))
 
-#: Synthetic rows ``first`` .. ``first + n - 1`` of a table of ``total`` rows: event
-#: times spread evenly over the 24 months whatever the size.
+#: Synthetic rows ``first`` .. ``first + n - 1`` of one growth step that adds
+#: ``step`` rows starting at ``step_first``: each step spreads its rows evenly over
+#: the 24 months, so every size has the same shape.
 _FILL = """
 INSERT INTO usage_events (
     event_id, request_id, event_time, org_id, user_id, operation, provider, model,
@@ -61,7 +62,9 @@ INSERT INTO usage_events (
 SELECT
     generateUUIDv4(number), generateUUIDv4(number + 1),
     toDateTime64('2025-01-01 00:00:00', 6, 'UTC')
-        + toIntervalMicrosecond(toUInt64(number / {total:UInt64} * {span_us:UInt64})) AS t,
+        + toIntervalMicrosecond(
+            toUInt64((number - {step_first:UInt64}) / {step:UInt64} * {span_us:UInt64})
+        ) AS t,
     concat('org-', toString(number % 50)), '',
     ['completion', 'embedding', 'moderation'][number % 3 + 1],
     ['openai', 'anthropic'][number % 2 + 1],
@@ -83,14 +86,16 @@ def _median_seconds(run: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def _fill(client: Client, first: int, upto: int, total: int) -> None:
+def _fill(client: Client, first: int, upto: int) -> None:
+    """Grow the table from ``first`` to ``upto`` rows (one step, in chunks)."""
     for start in range(first, upto, CHUNK):
         n = min(CHUNK, upto - start)
         client.command(
             _FILL,
             parameters={
                 "span_us": SPAN_SECONDS * 1_000_000,
-                "total": total,
+                "step_first": first,
+                "step": upto - first,
                 "first": start,
                 "n": n,
             },
@@ -148,7 +153,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    total = max(sizes)
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="llmpulse-billing-growth-") as tmp:
         settings = Settings(clickhouse_dsn=f"chdb://{Path(tmp) / 'chdb'}")
@@ -157,7 +161,7 @@ def main() -> None:
         rows, results = 0, []
         for size in sizes:
             print(f"filling to {size:,} rows", flush=True)
-            _fill(client, rows, size, total)
+            _fill(client, rows, size)
             rows = size
             client.command("OPTIMIZE TABLE usage_event_keys")  # as background merges would
             results.append((size, measure(client, args.repeat, rng, size)))
