@@ -65,15 +65,29 @@ class _FakeApp:
         return self.timers.append
 
 
+class _Table:
+    """What the cursors use of a Faust table: its store and changelog writes by partition."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.changelog: list[tuple[int, str, Any]] = []
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def send_changelog(self, partition: int, key: str, value: Any, **_: Any) -> None:
+        self.changelog.append((partition, key, value))
+
+
 def _cursors(
     earliest: int = 0, *, store: CursorStore | None = None, committed: int | None = None
 ) -> tuple[InputCursors, _FakeConsumer, dict[str, Any], _Clock]:
     consumer = _FakeConsumer(earliest, committed)
-    table: dict[str, Any] = {}
+    table = _Table()
     clock = _Clock()
     app: Any = _FakeApp(consumer)
     cursors = InputCursors(app, store or TableCursors({"src": table}), "test", clock=clock)
-    return cursors, consumer, table, clock
+    return cursors, consumer, table.data, clock
 
 
 async def _deliver(cursors: InputCursors, offsets: list[int]) -> list[int]:

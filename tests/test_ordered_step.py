@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from llmpulse.processors.stream.codec import PoisonEvent
 from llmpulse.processors.stream.dlq import (
@@ -20,7 +19,7 @@ from llmpulse.processors.stream.dlq import (
     SourceRecord,
 )
 from llmpulse.processors.stream.input_cursor import Step, step
-from llmpulse.processors.stream.ordered import OrderedStep, Route, source_record
+from llmpulse.processors.stream.ordered import OrderedStep, Route
 from llmpulse.schemas import EventTimeBounds, Feedback, LLMOutcome
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
@@ -52,6 +51,9 @@ class _Cursors:
     def advance(self, topic: str, partition: int, offset: int) -> None:
         self.journal.calls.append(("advance", topic, partition, offset))
         self.cursors[(topic, partition)] = offset + 1
+
+    def position(self, tp: TP) -> int | None:
+        return self.cursors.get((tp.topic, tp.partition))
 
 
 class _Producer:
@@ -86,7 +88,11 @@ class _Harness:
             cursors=self.cursors,
             dead_letters=DeadLetterPublisher(self.producer, PoisonLimiter(limit)),
             bounds=BOUNDS,
+            flush=self.flush,
         )
+
+    async def flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+        self.journal.calls.append(("flush", topic, partition, [r.offset for r in applied]))
 
     async def on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> None:
         # A coroutine handler (the breaker's) ...
@@ -108,10 +114,13 @@ async def test_events_are_applied_in_order_and_the_cursor_advances_after_each() 
     assert await h.step(_rec(1)) is Step.APPLY
     assert h.journal.calls == [
         ("apply", OUTCOMES_TOPIC, 0, "LLMOutcome"),
+        ("flush", OUTCOMES_TOPIC, 0, [0]),
         ("advance", OUTCOMES_TOPIC, 0, 0),
         ("apply", FEEDBACK_TOPIC, 0, "Feedback"),
+        ("flush", FEEDBACK_TOPIC, 0, [0]),
         ("advance", FEEDBACK_TOPIC, 0, 0),
         ("apply", OUTCOMES_TOPIC, 1, "LLMOutcome"),
+        ("flush", OUTCOMES_TOPIC, 0, [1]),
         ("advance", OUTCOMES_TOPIC, 0, 1),
     ]
 
@@ -138,10 +147,13 @@ async def test_poison_is_dead_lettered_before_the_cursor_passes_it_and_never_app
     assert await h.step(_rec(2)) is Step.APPLY
     assert h.journal.calls == [
         ("dlq", f"{OUTCOMES_TOPIC}.dlq"),
+        ("flush", OUTCOMES_TOPIC, 0, [0]),
         ("advance", OUTCOMES_TOPIC, 0, 0),
         ("dlq", f"{OUTCOMES_TOPIC}.dlq"),
+        ("flush", OUTCOMES_TOPIC, 0, [1]),
         ("advance", OUTCOMES_TOPIC, 0, 1),
         ("apply", OUTCOMES_TOPIC, 2, "LLMOutcome"),
+        ("flush", OUTCOMES_TOPIC, 0, [2]),
         ("advance", OUTCOMES_TOPIC, 0, 2),
     ]
     reasons = [dict(headers)[REASON_HEADER] for _, _, headers in h.producer.sent]
@@ -205,33 +217,65 @@ async def test_an_unrouted_topic_is_a_wiring_error() -> None:
         await h.step(_rec(0, topic="x.other"))
 
 
-class _Stream:
-    """What the step uses of a Faust stream: ``events()`` with message, key and value."""
+class _Record:
+    """What the step reads of an aiokafka ``ConsumerRecord``."""
 
-    def __init__(self, records: list[SourceRecord]) -> None:
-        self.records = records
-
-    async def events(self) -> AsyncIterator[Any]:
-        for r in self.records:
-            msg = SimpleNamespace(topic=r.topic, partition=r.partition, offset=r.offset)
-            yield SimpleNamespace(message=msg, key=r.key, value=r.value)
+    def __init__(self, r: SourceRecord) -> None:
+        self.topic, self.partition, self.offset = r.topic, r.partition, r.offset
+        self.key, self.value, self.timestamp = r.key, r.value, r.timestamp_ms
 
 
-async def test_processed_yields_each_event_after_its_cursor_moved() -> None:
+async def _batch(h: _Harness, records: list[SourceRecord]) -> None:
+    await h.step.batch(TP(OUTCOMES_TOPIC, 0), [_Record(r) for r in records])
+
+
+async def test_a_batch_applies_a_run_then_flushes_once_and_moves_the_cursor_once() -> None:
     h = _Harness()
-    stream = _Stream([_rec(0), _rec(0), _rec(1, b""), _rec(3), _rec(2)])
-    seen = []
-    async for record in h.step.processed(stream):
-        # Work after an event (the window sweep) sees its cursor already moved.
-        seen.append((record.offset, h.cursors.cursors[(OUTCOMES_TOPIC, 0)]))
-    assert seen == [(0, 1), (1, 2), (2, 3)]  # replay of 0 and the early 3 skipped
+    await _batch(h, [_rec(0), _rec(1, b""), _rec(2)])
+    assert h.journal.calls == [
+        ("apply", OUTCOMES_TOPIC, 0, "LLMOutcome"),
+        ("dlq", f"{OUTCOMES_TOPIC}.dlq"),
+        ("apply", OUTCOMES_TOPIC, 2, "LLMOutcome"),
+        ("flush", OUTCOMES_TOPIC, 0, [0, 1, 2]),
+        ("advance", OUTCOMES_TOPIC, 0, 2),
+    ]
+    assert h.step.position(TP(OUTCOMES_TOPIC, 0)) == 3
 
-    h2 = _Harness()
-    await h2.step.run(_Stream([_rec(0), _rec(1)]))
-    assert h2.cursors.cursors[(OUTCOMES_TOPIC, 0)] == 2
+
+async def test_a_batch_skips_replays_and_stops_at_a_hole() -> None:
+    h = _Harness()
+    await _batch(h, [_rec(0), _rec(1)])
+    h.journal.calls.clear()
+    # 0 and 1 are replays, 2 and 3 a run, 5 lies past a hole (4 missing): the batch
+    # ends there, 6 is never looked at.
+    await _batch(h, [_rec(0), _rec(1), _rec(2), _rec(3), _rec(5), _rec(6)])
+    assert h.journal.calls == [
+        ("apply", OUTCOMES_TOPIC, 2, "LLMOutcome"),
+        ("apply", OUTCOMES_TOPIC, 3, "LLMOutcome"),
+        ("flush", OUTCOMES_TOPIC, 0, [2, 3]),
+        ("advance", OUTCOMES_TOPIC, 0, 3),
+    ]
+    assert h.cursors.cursors[(OUTCOMES_TOPIC, 0)] == 4
 
 
-def test_source_record_of_a_faust_event() -> None:
-    msg = SimpleNamespace(topic="t", partition=3, offset=9)
-    event = SimpleNamespace(message=msg, key=b"k", value=b"v")
-    assert source_record(event) == SourceRecord("t", 3, 9, b"k", b"v")
+async def test_a_failing_handler_stops_the_batch_before_its_flush_and_cursor() -> None:
+    h = _Harness()
+    calls = 0
+
+    def fails_second(outcome: LLMOutcome, record: SourceRecord) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("table write failed")
+
+    failing = OrderedStep(
+        {OUTCOMES_TOPIC: Route(LLMOutcome, fails_second)},
+        cursors=h.cursors,
+        dead_letters=DeadLetterPublisher(h.producer, PoisonLimiter(1)),
+        bounds=BOUNDS,
+        flush=h.flush,
+    )
+    with pytest.raises(RuntimeError):
+        await failing.batch(TP(OUTCOMES_TOPIC, 0), [_Record(_rec(0)), _Record(_rec(1))])
+    assert h.cursors.cursors == {}
+    assert not [c for c in h.journal.calls if c[0] == "flush"]

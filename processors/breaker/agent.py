@@ -9,6 +9,8 @@ only if newer), to the compacted ``llm.breaker-state.v1``, to
 by the sink) and to Prometheus. Events are applied in offset order, once per
 assignment: in-memory input cursors skip re-deliveries and re-read any records
 Faust drops after a rebalance (``llmpulse.processors.stream.input_cursor``).
+Records arrive a fetched partition batch at a time (``OrderedStep.batch``); a
+transition is published as soon as the event that caused it is applied.
 
 Open -> half_open happens on time without traffic: a timer derives the due
 transition from the stored state (deterministic: it happens at ``open_until``
@@ -35,7 +37,14 @@ from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import metrics
 from llmpulse.processors.stream.codec import encode
-from llmpulse.processors.stream.faust_app import BREAKER_STATE_TABLE, create_app, run
+from llmpulse.processors.stream.dlq import SourceRecord
+from llmpulse.processors.stream.faust_app import (
+    BREAKER_STATE_TABLE,
+    create_app,
+    deliver_batches,
+    run,
+    table_set,
+)
 from llmpulse.processors.stream.input_cursor import InputCursors, MemoryCursors
 from llmpulse.processors.stream.ordered import OrderedStep, Route
 from llmpulse.schemas import serving
@@ -106,7 +115,6 @@ class BreakerService:
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.outcomes = settings.topic(OUTCOMES)
         self.controls = settings.topic(BREAKER_CONTROL)
-        self.source = self.app.topic(self.outcomes, self.controls, **raw)
         self.state_topic = self.app.topic(settings.topic(BREAKER_STATE), **raw)
         self.transitions_topic = self.app.topic(settings.topic(BREAKER_TRANSITIONS), **raw)
         self.table = BREAKER_STATE_TABLE.create(self.app)
@@ -126,18 +134,20 @@ class BreakerService:
             self.app,
             settings,
             {
-                self.outcomes: Route(LLMOutcome, lambda outcome, _: self._on_outcome(outcome)),
-                self.controls: Route(BreakerControl, lambda control, _: self._on_control(control)),
+                self.outcomes: Route(LLMOutcome, self._on_outcome),
+                self.controls: Route(BreakerControl, self._on_control),
             },
             cursors=self.cursors,
+            flush=self._flush,
         )
-        self.app.agent(self.source, name="breaker")(self._process)
+        deliver_batches(self.app, self.ordered)
         self.app.timer(settings.breaker_tick_seconds)(self._tick)
 
-    # --- agent ---------------------------------------------------------------------
-    async def _process(self, stream: Any) -> None:
-        # Replays skipped, poison dead-lettered, events applied in offset order.
-        await self.ordered.run(stream)
+    # --- batches -------------------------------------------------------------------
+    async def _flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+        # Table writes happen as events apply (``_store``); a batch only counts.
+        if topic == self.outcomes:
+            metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
 
     def _load(self, key: str) -> BreakerCore:
         core = self._cores.get(key)
@@ -148,7 +158,7 @@ class BreakerService:
             self._cores[key] = core
         return core
 
-    def _store(self, core: BreakerCore, changed_state: bool) -> None:
+    def _store(self, core: BreakerCore, changed_state: bool, partition: int) -> None:
         """Write to the changelog-backed table: always on a transition, else coalesced.
 
         A crash can lose at most ``_WRITE_EVERY`` seconds of window counts of a
@@ -156,7 +166,7 @@ class BreakerService:
         """
         now = time.monotonic()
         if changed_state or now - self._written.get(core.provider, 0.0) >= _WRITE_EVERY:
-            self.table[core.provider] = core.to_dict()
+            table_set(self.table, partition, core.provider, core.to_dict())
             self._written[core.provider] = now
 
     async def _forget(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
@@ -164,8 +174,7 @@ class BreakerService:
         self._cores.clear()
         self._written.clear()
 
-    async def _on_outcome(self, outcome: LLMOutcome) -> None:
-        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.outcomes).inc()
+    async def _on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> None:
         key = self.configs.key_for(outcome.provider, outcome.model)
         core = self._load(key)
         now = self.clock()
@@ -173,7 +182,7 @@ class BreakerService:
         half_open = core.version if core.state is BreakerState.half_open else None
         call = classify(outcome, core.config)
         transitions += core.record(call, now)
-        self._store(core, bool(transitions))
+        self._store(core, bool(transitions), record.partition)
         # A successful probe frees its permit for the next probe of the same period,
         # unless it closed the breaker: freed then, the permit could be taken by a
         # caller that has not yet seen the closed snapshot (one probe too many).
@@ -186,14 +195,15 @@ class BreakerService:
             await self._release_permit(
                 key, half_open, str(outcome.request_id), core.config.half_open_probes
             )
-        await self._publish(core, transitions, now)
+        if transitions or core.version > self._published.get(core.provider, -1):
+            await self._publish(core, transitions, now)
 
-    async def _on_control(self, control: BreakerControl) -> None:
+    async def _on_control(self, control: BreakerControl, record: SourceRecord) -> None:
         key = control.provider
         core = self._load(key)
         now = self.clock()
         transitions = core.control(control.action, now, control.until)
-        self._store(core, True)
+        self._store(core, True, record.partition)
         await self._publish(core, transitions, now)
 
     # --- timer -----------------------------------------------------------------------

@@ -7,6 +7,9 @@ in a changelog-backed table, so every key has one writer and a restarted
 worker continues exactly (``prompt_rollup.Partial.seen``). Each table also keeps
 an input cursor per source partition, so events are applied strictly in offset
 order even where Faust skips some after a rebalance (``llmpulse.processors.stream.input_cursor``).
+Records arrive a fetched partition batch at a time (``OrderedStep.batch``): the
+partials a batch touches are updated in memory and written to the table once
+each when the batch ends, before its cursor.
 Windows are tumbling, by event time, closed ``prompt_window_grace_seconds``
 after their end; a closed window is emitted to ``llm.prompt-performance.v1`` (the sink
 loads it into ClickHouse ``prompt_performance``). Events that arrive later are
@@ -42,7 +45,10 @@ from llmpulse.processors.stream.faust_app import (
     OUTCOME_PARTIALS_TABLE,
     changelog_written,
     create_app,
+    deliver_batches,
     run,
+    table_delete,
+    table_set,
 )
 from llmpulse.processors.stream.input_cursor import InputCursors, TableCursors, is_cursor_key
 from llmpulse.processors.stream.ordered import OrderedStep, Route
@@ -129,7 +135,6 @@ class PromptsService:
         self.settings = settings
         self.clock = clock
         self.app = create_app(settings, "prompts")
-        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.sources = {
             settings.topic(OUTCOMES): OUTCOME_PARTIALS_TABLE.create(self.app),
             settings.topic(FEEDBACK): FEEDBACK_PARTIALS_TABLE.create(self.app),
@@ -144,25 +149,36 @@ class PromptsService:
                 settings.topic(FEEDBACK): Route(Feedback, self._on_feedback),
             },
             cursors=self.cursors,
+            flush=self._flush,
         )
+        deliver_batches(self.app, self.ordered)
+        # Partials touched by the batch being processed, by table key (written at its end).
+        self._touched: dict[str, Partial] = {}
         # Record id -> last offset it was emitted with (timer emissions are not
         # written to the table, so a record that grew is emitted again; the sink's
         # ReplacingMergeTree keeps the latest copy).
         self._emitted: dict[str, int] = {}
         self._last_sweep: dict[tuple[str, int], float] = {}
-        outcomes = self.app.topic(settings.topic(OUTCOMES), **raw)
-        feedback = self.app.topic(settings.topic(FEEDBACK), **raw)
-        self.app.agent(outcomes, name="prompt-outcomes")(self._process)
-        self.app.agent(feedback, name="prompt-feedback")(self._process)
         self.app.timer(1.0)(self._emit_idle_windows)
         self.app.task(self._materialize_registry)
 
-    # --- agents -------------------------------------------------------------------------
-    async def _process(self, stream: Any) -> None:
-        # Replays skipped, poison dead-lettered, events applied in offset order; after
-        # each processed event its partition's closed windows are swept.
-        async for record in self.ordered.processed(stream):
-            await self._sweep(record.topic, record.partition)
+    # --- batches --------------------------------------------------------------------------
+    async def _flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+        """End of a batch: one table write per touched partial, then sweep closed windows."""
+        table = self.sources[topic]
+        for key, p in self._touched.items():
+            table_set(table, partition, key, p.to_dict())
+        self._touched.clear()
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
+        await self._sweep(topic, partition)
+
+    def _partial(self, table: Any, key: str) -> Partial | None:
+        """The partial at ``key``: as this batch left it, else as the table holds it."""
+        touched = self._touched.get(key)
+        if touched is not None:
+            return touched
+        data = table.get(key)
+        return Partial.from_dict(data) if data else None
 
     def _partials(
         self, table: Any, name: str, version: int, ts: float, partition: int, offset: int
@@ -175,16 +191,17 @@ class PromptsService:
             start = window_start(ts, size)
             late = now >= start + size + grace
             key = partial_key(name, version, size, start, partition, late)
-            data = table.get(key)
-            partial = Partial.from_dict(data) if data else None
+            partial = self._partial(table, key)
             if late and (partial is None or partial.emitted):
                 # A new correction starts above every offset this window has applied
                 # (regular partial and earlier corrections), so an event replayed
                 # after a crash is never counted twice.
-                regular = table.get(partial_key(name, version, size, start, partition, False))
+                regular = self._partial(
+                    table, partial_key(name, version, size, start, partition, False)
+                )
                 watermark = max(
                     partial.last_offset if partial else -1,
-                    int(regular["last_offset"]) if regular else -1,
+                    regular.last_offset if regular else -1,
                 )
                 partial = Partial(
                     name, version, size, start, partition, offset, True, last_offset=watermark
@@ -212,12 +229,11 @@ class PromptsService:
                 cost_usd=o.cost_usd,
             )
 
-        self._apply(record, OUTCOMES, o.prompt_name, o.prompt_version, o.event_time, add)
+        self._apply(record, o.prompt_name, o.prompt_version, o.event_time, add)
 
     def _on_feedback(self, f: Feedback, record: SourceRecord) -> None:
         self._apply(
             record,
-            FEEDBACK,
             f.prompt_name,
             f.prompt_version,
             f.event_time,
@@ -227,21 +243,19 @@ class PromptsService:
     def _apply(
         self,
         record: SourceRecord,
-        source: str,
         name: str,
         version: int,
         event_time: datetime,
         add: Callable[[Partial], None],
     ) -> None:
         """Add one event to the partial of each window size (once: replays are skipped)."""
-        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=self.settings.topic(source)).inc()
         table = self.sources[record.topic]
         partition, offset = record.partition, record.offset
         for p in self._partials(table, name, version, event_time.timestamp(), partition, offset):
             if p.seen(offset):
                 continue
             add(p)
-            table[p.key()] = p.to_dict()
+            self._touched[p.key()] = p
 
     # --- closing windows -------------------------------------------------------------------
     def _partials_in(
@@ -255,7 +269,7 @@ class PromptsService:
                 yield key, Partial.from_dict(data)
 
     async def _sweep(self, topic: str, partition: int) -> None:
-        """In-stream (so table writes go to this partition): emit closed, drop old partials."""
+        """After a batch of ``partition``: emit closed windows, drop long-closed partials."""
         now = self.clock()
         if now - self._last_sweep.get((topic, partition), 0.0) < _SWEEP_EVERY:
             return
@@ -271,11 +285,11 @@ class PromptsService:
                 due[key] = p
             elif p.closed(now, grace + keep):
                 # Long closed: no uncommitted replay can still belong to it.
-                del table[key]
+                table_delete(table, partition, key)
         await self._emit(list(due.values()), topic)
         for key, p in due.items():
             p.emitted = True
-            table[key] = p.to_dict()
+            table_set(table, partition, key, p.to_dict())
 
     async def _emit(self, partials: list[Partial], topic: str) -> None:
         if not partials:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -103,6 +103,40 @@ class AckTrackingProducer(faust_aiokafka.Producer):
 CommitLimit = Callable[[TP, int], "int | None"]
 
 
+class BatchSource(Protocol):
+    """Takes the fetched records of its topics a partition batch at a time (``deliver_batches``).
+
+    Faust's per-message path (conductor, stream, event, ack: about 130 µs per
+    message on the development machine, more than a bare consumer's fetch and
+    decode together) is bypassed for these topics: the consumer hands every
+    fetched batch of one partition, in offset order, to the source, and commits
+    the source's ``position`` (the next offset its state expects) instead of
+    acknowledged messages.
+    """
+
+    topics: frozenset[str]
+
+    async def batch(self, tp: TP, records: Sequence[Any]) -> None:
+        """Process aiokafka ``ConsumerRecord`` s of ``tp`` (one fetch, offset order)."""
+        ...
+
+    def position(self, tp: TP) -> int | None:
+        """The offset that may be committed for ``tp`` (None: nothing yet)."""
+        ...
+
+
+def table_set(table: Any, partition: int, key: str, value: Any) -> None:
+    """``table[key] = value`` with the changelog partition given (outside a stream event)."""
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def table_delete(table: Any, partition: int, key: str) -> None:
+    """``del table[key]`` with the changelog partition given (a tombstone)."""
+    table.data.pop(key, None)
+    table.send_changelog(partition, key, None, value_serializer="raw")
+
+
 async def changelog_written(app: Any) -> None:
     """Wait until every changelog write buffered so far is acknowledged (raise the first failure).
 
@@ -154,6 +188,67 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
             return False
         return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
 
+    def _batches(self) -> BatchSource | None:
+        source: BatchSource | None = getattr(self.transport, "batches", None)
+        return source
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Fetch loop: batch topics go to the app's ``BatchSource``, a partition at a time.
+
+        Mirrors Faust's loop (flow control, active partitions, generation) for
+        everything but the per-message delivery; topics without a batch source
+        take Faust's per-message path.
+        """
+        batches = self._batches()
+        if batches is None:
+            await super()._drain_messages(fetcher)
+            return
+        try:
+            while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+                records, active = await self._wait_next_records(1.0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    await self.perform_seek()
+                    continue
+                generation = self.app.consumer_generation_id
+                for tp, fetched in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break  # rebalancing: the new assignment re-reads from its cursors
+                    if active is not None and tp not in active:
+                        continue
+                    if tp.topic in batches.topics:
+                        await batches.batch(tp, fetched)
+                    else:
+                        for record in fetched:
+                            await self.callback(self._to_message(tp, record))
+                await self.sleep(0)
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Any:
+        tps = set(super()._filter_tps_with_pending_acks(topics))
+        batches = self._batches()
+        if batches is not None:
+            tps.update(
+                tp
+                for tp in self.assignment()
+                if tp.topic in batches.topics
+                and (topics is None or tp in topics or tp.topic in topics)
+            )
+        return iter(tps)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        batches = self._batches()
+        if batches is not None and tp.topic in batches.topics:
+            return batches.position(tp)
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
     async def committed(self, tp: TP) -> int | None:
         """The group's committed offset of ``tp`` (None: nothing committed yet)."""
         thread: Any = self._thread  # Faust's aiokafka consumer thread
@@ -165,6 +260,16 @@ class ChangelogFirstTransport(faust_aiokafka.Transport):
     Consumer = ChangelogFirstConsumer
     Producer = AckTrackingProducer
     commit_limit: CommitLimit | None = None
+    batches: BatchSource | None = None
+
+
+def deliver_batches(app: faust.App, source: BatchSource) -> None:
+    """Subscribe ``app`` to ``source.topics`` and hand their records to it in batches."""
+    transport = app.transport
+    assert isinstance(transport, ChangelogFirstTransport), "app not made by create_app"
+    transport.batches = source
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    app.topics.add(app.topic(*sorted(source.topics), **raw))
 
 
 def limit_commits(app: faust.App, limit: CommitLimit) -> None:
@@ -190,6 +295,11 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
         "broker_commit_every": 1000,
+        # Large fetches: a partition's fetch stops at this size, and Faust then
+        # waits up to a second for the next (measured: 3,400 -> 6,200 events/s
+        # for an agent doing nothing, 1 MiB -> 16 MiB).
+        "consumer_max_fetch_size": 16 * 1024 * 1024,
+        "broker_max_poll_records": 5000,
         "broker_commit_interval": 1.0,
         "table_standby_replicas": 0,
         # A crashed worker's partitions move to its replacement within seconds.

@@ -43,7 +43,7 @@ import faust
 from faust.types import TP
 
 from llmpulse.processors.stream import metrics
-from llmpulse.processors.stream.faust_app import limit_commits
+from llmpulse.processors.stream.faust_app import limit_commits, table_set
 
 log = logging.getLogger(__name__)
 _PREFIX = "#cursor|"  # cannot collide with prompt names (they start alphanumeric)
@@ -96,7 +96,7 @@ class TableCursors:
         return int(value) if value is not None else None
 
     def set(self, tp: TP, cursor: int) -> None:
-        self.tables[tp.topic][cursor_key(tp.partition)] = cursor
+        table_set(self.tables[tp.topic], tp.partition, cursor_key(tp.partition), cursor)
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Nothing: a table is restored from its changelog on assignment."""
@@ -189,6 +189,10 @@ class InputCursors:
     def advance(self, topic: str, partition: int, offset: int) -> None:
         """Record that the event at ``offset`` is applied (after its own state writes)."""
         self.store.set(TP(topic, partition), offset + 1)
+
+    def position(self, tp: TP) -> int | None:
+        """The offset that may be committed for ``tp``: its cursor (None: none yet)."""
+        return self.store.get(tp) if tp.topic in self.store.topics else None
 
     def commit_limit(self, tp: TP, offset: int) -> int | None:
         """The offset that may be committed for ``tp`` (None: commit nothing)."""

@@ -17,15 +17,22 @@ this order:
 
 Steps compose like a chain whose last link commits: the handler is the only
 part that differs between agents (``Route`` per source topic).
+
+The agents take their records a fetched partition batch at a time (``batch``,
+installed with ``faust_app.deliver_batches``): the same steps per event, but
+consecutive events are applied without asking the cursor again, the agent
+writes the batch's state once per touched key (``flush``), and only then does
+the cursor move, once per batch.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from faust.types import TP
 from pydantic import BaseModel
 
 from llmpulse.processors.settings import Settings
@@ -38,6 +45,13 @@ from llmpulse.schemas.topics import DLQ_SUFFIX
 
 M = TypeVar("M", bound=BaseModel)
 
+#: ``(topic, partition, records applied)``: write the batch's state, before its cursor moves.
+Flush = Callable[[str, int, "list[SourceRecord]"], Awaitable[None]]
+
+
+async def _nothing_to_flush(topic: str, partition: int, applied: list[SourceRecord]) -> None:
+    return None
+
 
 class Cursors(Protocol):
     """What the step needs of ``InputCursors``."""
@@ -45,6 +59,8 @@ class Cursors(Protocol):
     async def step(self, topic: str, partition: int, offset: int) -> Step: ...
 
     def advance(self, topic: str, partition: int, offset: int) -> None: ...
+
+    def position(self, tp: TP) -> int | None: ...
 
 
 class DeadLetters(Protocol):
@@ -70,12 +86,6 @@ class Route(Generic[M]):
     apply: Callable[[M, SourceRecord], Awaitable[None] | None]
 
 
-def source_record(event: Any) -> SourceRecord:
-    """The ``SourceRecord`` of a Faust stream event (its message's place, key and value)."""
-    msg = event.message
-    return SourceRecord(msg.topic, msg.partition, msg.offset, event.key, event.value)
-
-
 class OrderedStep:
     """One agent's ordered step over its source topics (see the module docstring).
 
@@ -90,15 +100,24 @@ class OrderedStep:
         cursors: Cursors,
         dead_letters: DeadLetters,
         bounds: EventTimeBounds,
+        flush: Flush = _nothing_to_flush,
     ) -> None:
         self._routes = dict(routes)
         self._cursors = cursors
         self._dead_letters = dead_letters
         self._bounds = bounds
+        self._flush = flush
+        self.topics = frozenset(self._routes)
 
     @classmethod
     def for_app(
-        cls, app: Any, settings: Settings, routes: Mapping[str, Route[Any]], *, cursors: Cursors
+        cls,
+        app: Any,
+        settings: Settings,
+        routes: Mapping[str, Route[Any]],
+        *,
+        cursors: Cursors,
+        flush: Flush = _nothing_to_flush,
     ) -> OrderedStep:
         """The step of an agent of Faust ``app``, configured from ``settings``.
 
@@ -110,7 +129,11 @@ class OrderedStep:
             FaustProducer(app), PoisonLimiter(settings.dlq_max_consecutive)
         )
         return cls(
-            routes, cursors=cursors, dead_letters=dead_letters, bounds=settings.event_time_bounds
+            routes,
+            cursors=cursors,
+            dead_letters=dead_letters,
+            bounds=settings.event_time_bounds,
+            flush=flush,
         )
 
     async def __call__(self, record: SourceRecord) -> Step:
@@ -119,10 +142,51 @@ class OrderedStep:
         Any other verdict means the event was skipped (nothing changed, the
         cursor did not move).
         """
-        route = self._routes[record.topic]
         verdict = await self._cursors.step(record.topic, record.partition, record.offset)
         if verdict is not Step.APPLY:
             return verdict
+        await self._apply(self._routes[record.topic], record)
+        await self._flush(record.topic, record.partition, [record])
+        self._cursors.advance(record.topic, record.partition, record.offset)
+        return Step.APPLY
+
+    async def batch(self, tp: TP, records: Sequence[Any]) -> None:
+        """Process one fetched batch of ``tp`` (aiokafka ``ConsumerRecord`` s, offset order).
+
+        A run of consecutive offsets is applied without asking the cursor again,
+        then flushed and the cursor moved once; any other offset goes through
+        the cursor (a replay is skipped, a hole ends the batch: the consumer is
+        sought back to the cursor and the rest of the batch lies beyond it).
+        """
+        topic, partition = tp.topic, tp.partition
+        route = self._routes[topic]
+        applied: list[SourceRecord] = []
+        for r in records:
+            if not applied or r.offset != applied[-1].offset + 1:
+                if applied:
+                    await self._end_run(topic, partition, applied)
+                    applied = []
+                verdict = await self._cursors.step(topic, partition, r.offset)
+                if verdict is Step.REPLAY:
+                    continue
+                if verdict is Step.HOLE:
+                    break
+            record = SourceRecord(topic, partition, r.offset, r.key, r.value, r.timestamp)
+            await self._apply(route, record)
+            applied.append(record)
+        if applied:
+            await self._end_run(topic, partition, applied)
+
+    def position(self, tp: TP) -> int | None:
+        """The offset that may be committed for ``tp``: its cursor."""
+        return self._cursors.position(tp)
+
+    async def _end_run(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+        await self._flush(topic, partition, applied)
+        self._cursors.advance(topic, partition, applied[-1].offset)
+
+    async def _apply(self, route: Route[Any], record: SourceRecord) -> None:
+        """Decode and apply one event, or dead-letter it (acknowledged) when it is poison."""
         try:
             event = decode(route.model, record.value, bounds=self._bounds)
         except PoisonEvent as poison:
@@ -136,25 +200,6 @@ class OrderedStep:
             if inspect.isawaitable(applied):
                 await applied
             self._dead_letters.ok(record)
-        self._cursors.advance(record.topic, record.partition, record.offset)
-        return Step.APPLY
-
-    async def processed(self, stream: Any) -> AsyncIterator[SourceRecord]:
-        """Run ``stream`` (a Faust stream) through the step; yield each event it processed.
-
-        Yields after the cursor advanced, for work that follows an event of a
-        partition (the prompt rollups' window sweep); skipped events are not
-        yielded.
-        """
-        async for event in stream.events():
-            record = source_record(event)
-            if await self(record) is Step.APPLY:
-                yield record
-
-    async def run(self, stream: Any) -> None:
-        """Run ``stream`` through the step until it ends (the body of a Faust agent)."""
-        async for _ in self.processed(stream):
-            pass
 
 
-__all__ = ["Cursors", "DeadLetters", "OrderedStep", "Route", "source_record"]
+__all__ = ["Cursors", "DeadLetters", "Flush", "OrderedStep", "Route"]
