@@ -193,11 +193,21 @@ class BreakerCore:
     # Counted calls per event-time second: epoch second -> [calls, failures, slow].
     # Bounded by window_seconds entries whatever the traffic.
     window: dict[int, list[int]] = field(default_factory=dict)
+    # Sums over ``window`` and the cutoff it was last pruned at (no second below it
+    # is left), so the per-outcome check costs O(1) instead of O(window).
+    _totals: list[int] = field(init=False, repr=False, compare=False)
+    _pruned: int = field(default=-(2**62), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._totals = [sum(counts[i] for counts in self.window.values()) for i in range(3)]
 
     # --- queries -------------------------------------------------------------------
     def calls_in_window(self, now: datetime) -> tuple[int, int, int]:
         """(calls, failures, slow calls) within the window ending at ``now``."""
         cutoff = self._cutoff(now)
+        if cutoff <= self._pruned:
+            calls, fails, slow = self._totals  # every second left is inside the window
+            return calls, fails, slow
         calls = fails = slow = 0
         for second, (c, f, s) in self.window.items():
             if second >= cutoff:
@@ -244,10 +254,16 @@ class BreakerCore:
                 out.append(self._close(call.event_time, "probes succeeded"))
             return out
         self._prune(now)
-        bucket = self.window.setdefault(int(call.event_time.timestamp()), [0, 0, 0])
-        bucket[0] += 1
-        bucket[1] += failed
-        bucket[2] += call.slow
+        second = int(call.event_time.timestamp())
+        if second >= self._pruned:  # one below it is outside this and every later window
+            bucket = self.window.setdefault(second, [0, 0, 0])
+            bucket[0] += 1
+            bucket[1] += failed
+            bucket[2] += call.slow
+            totals = self._totals
+            totals[0] += 1
+            totals[1] += failed
+            totals[2] += call.slow
         if self.state is not BreakerState.closed:
             return out  # open/forced/disabled: counted for statistics only
         self.consecutive = self.consecutive + 1 if failed else 0
@@ -310,6 +326,7 @@ class BreakerCore:
 
     def _close(self, at: datetime, reason: str) -> Transition:
         self.window.clear()
+        self._totals = [0, 0, 0]
         self.consecutive = 0
         self.level = 0
         self.probes_ok = 0
@@ -331,8 +348,15 @@ class BreakerCore:
 
     def _prune(self, now: datetime) -> None:
         cutoff = self._cutoff(now)
+        if cutoff <= self._pruned:
+            return  # nothing below this cutoff is left
+        totals = self._totals
         for second in [s for s in self.window if s < cutoff]:
-            del self.window[second]
+            c, f, slow = self.window.pop(second)
+            totals[0] -= c
+            totals[1] -= f
+            totals[2] -= slow
+        self._pruned = cutoff
 
     # --- persistence (Faust table values, JSON-able) --------------------------------
     def to_dict(self) -> dict[str, Any]:

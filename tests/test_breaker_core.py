@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -391,6 +392,18 @@ class BreakerMachine(RuleBasedStateMachine):
         self.last_version = self.core.version
         if self.core.state is BreakerState.open:
             assert self.core.open_until == self.ref.open_until
+
+    @invariant()
+    def window_counts_equal_a_full_scan(self) -> None:
+        # The O(1) running totals give what summing the window's seconds gives.
+        if not hasattr(self, "core"):
+            return
+        cutoff = math.ceil((self.now - timedelta(seconds=30)).timestamp())
+        scanned = [0, 0, 0]
+        for second, counts in self.core.window.items():
+            if second >= cutoff:
+                scanned = [a + b for a, b in zip(scanned, counts, strict=True)]
+        assert list(self.core.calls_in_window(self.now)) == scanned
 
 
 TestBreakerStateful = BreakerMachine.TestCase

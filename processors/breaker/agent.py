@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,7 +174,8 @@ class BreakerService:
         self._cores.clear()
         self._written.clear()
 
-    async def _on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> None:
+    def _on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> Awaitable[None] | None:
+        """Apply one outcome; an awaitable when something must be published or released."""
         key = self.configs.key_for(outcome.provider, outcome.model)
         core = self._load(key)
         now = self.clock()
@@ -186,14 +187,30 @@ class BreakerService:
         # A successful probe frees its permit for the next probe of the same period,
         # unless it closed the breaker: freed then, the permit could be taken by a
         # caller that has not yet seen the closed snapshot (one probe too many).
-        if (
+        release = (
             outcome.is_probe
             and half_open is not None
             and call.verdict is Verdict.success
             and core.state is BreakerState.half_open
-        ):
+        )
+        publish = bool(transitions) or core.version > self._published.get(core.provider, -1)
+        if not (release or publish):
+            return None  # the common case: counted, nothing to tell anyone
+        return self._after_outcome(
+            core, transitions, now, str(outcome.request_id) if release else None, half_open
+        )
+
+    async def _after_outcome(
+        self,
+        core: BreakerCore,
+        transitions: list[Transition],
+        now: datetime,
+        probe_holder: str | None,
+        half_open: int | None,
+    ) -> None:
+        if probe_holder is not None and half_open is not None:
             await self._release_permit(
-                key, half_open, str(outcome.request_id), core.config.half_open_probes
+                core.provider, half_open, probe_holder, core.config.half_open_probes
             )
         if transitions or core.version > self._published.get(core.provider, -1):
             await self._publish(core, transitions, now)

@@ -152,8 +152,12 @@ class PromptsService:
             flush=self._flush,
         )
         deliver_batches(self.app, self.ordered)
-        # Partials touched by the batch being processed, by table key (written at its end).
-        self._touched: dict[str, Partial] = {}
+        # The partials of the partitions this worker owns, by table key, authoritative
+        # in process (decoding a table value costs more than the events of a batch).
+        self._live: dict[str, dict[str, Partial]] = {topic: {} for topic in self.sources}
+        # Keys of the partials the batch being processed touched (written at its end).
+        self._touched: set[str] = set()
+        self.app.on_partitions_revoked.connect(self._forget)
         # Record id -> last offset it was emitted with (timer emissions are not
         # written to the table, so a record that grew is emitted again; the sink's
         # ReplacingMergeTree keeps the latest copy).
@@ -166,24 +170,31 @@ class PromptsService:
     async def _flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
         """End of a batch: one table write per touched partial, then sweep closed windows."""
         table = self.sources[topic]
-        for key, p in self._touched.items():
-            table_set(table, partition, key, p.to_dict())
+        for key in self._touched:
+            table_set(table, partition, key, self._live[topic][key].to_dict())
         self._touched.clear()
         metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
         await self._sweep(topic, partition)
 
-    def _partial(self, table: Any, key: str) -> Partial | None:
-        """The partial at ``key``: as this batch left it, else as the table holds it."""
-        touched = self._touched.get(key)
-        if touched is not None:
-            return touched
-        data = table.get(key)
-        return Partial.from_dict(data) if data else None
+    def _partial(self, topic: str, key: str) -> Partial | None:
+        """The partial at ``key``: the live one, else as the table holds it (then live)."""
+        live = self._live[topic]
+        partial = live.get(key)
+        if partial is None:
+            data = self.sources[topic].get(key)
+            if data:
+                partial = live[key] = Partial.from_dict(data)
+        return partial
+
+    async def _forget(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # Another worker may own these partitions now: read from the tables again.
+        for live in self._live.values():
+            live.clear()
 
     def _partials(
-        self, table: Any, name: str, version: int, ts: float, partition: int, offset: int
-    ) -> list[Partial]:
-        """The partial of every window size this event belongs to (late -> correction)."""
+        self, topic: str, name: str, version: int, ts: float, partition: int, offset: int
+    ) -> list[tuple[str, Partial]]:
+        """(table key, partial) of every window size this event belongs to (late -> correction)."""
         now = self.clock()
         grace = self.settings.prompt_window_grace_seconds
         out = []
@@ -191,13 +202,13 @@ class PromptsService:
             start = window_start(ts, size)
             late = now >= start + size + grace
             key = partial_key(name, version, size, start, partition, late)
-            partial = self._partial(table, key)
+            partial = self._partial(topic, key)
             if late and (partial is None or partial.emitted):
                 # A new correction starts above every offset this window has applied
                 # (regular partial and earlier corrections), so an event replayed
                 # after a crash is never counted twice.
                 regular = self._partial(
-                    table, partial_key(name, version, size, start, partition, False)
+                    topic, partial_key(name, version, size, start, partition, False)
                 )
                 watermark = max(
                     partial.last_offset if partial else -1,
@@ -210,7 +221,7 @@ class PromptsService:
                 partial = Partial(name, version, size, start, partition, offset, False)
             if late and not partial.seen(offset):
                 metrics.LATE_EVENTS.labels(flow=FLOW).inc()
-            out.append(partial)
+            out.append((key, partial))
         return out
 
     def _on_outcome(self, o: LLMOutcome, record: SourceRecord) -> None:
@@ -249,24 +260,27 @@ class PromptsService:
         add: Callable[[Partial], None],
     ) -> None:
         """Add one event to the partial of each window size (once: replays are skipped)."""
-        table = self.sources[record.topic]
-        partition, offset = record.partition, record.offset
-        for p in self._partials(table, name, version, event_time.timestamp(), partition, offset):
+        topic, partition, offset = record.topic, record.partition, record.offset
+        live = self._live[topic]
+        ts = event_time.timestamp()
+        for key, p in self._partials(topic, name, version, ts, partition, offset):
             if p.seen(offset):
                 continue
             add(p)
-            self._touched[p.key()] = p
+            live[key] = p
+            self._touched.add(key)
 
     # --- closing windows -------------------------------------------------------------------
     def _partials_in(
-        self, table: Any, partition: int | None = None
+        self, topic: str, partition: int | None = None
     ) -> Iterator[tuple[str, Partial]]:
-        """The partials in ``table`` (of one source partition if given), cursors skipped."""
-        for key, data in list(table.items()):
+        """The partials of ``topic`` (of one source partition if given), cursors skipped."""
+        live = self._live[topic]
+        for key, data in list(self.sources[topic].items()):
             if is_cursor_key(key) or not data:
                 continue
             if partition is None or int(data["partition"]) == partition:
-                yield key, Partial.from_dict(data)
+                yield key, live.get(key) or Partial.from_dict(data)
 
     async def _sweep(self, topic: str, partition: int) -> None:
         """After a batch of ``partition``: emit closed windows, drop long-closed partials."""
@@ -278,7 +292,7 @@ class PromptsService:
         grace = self.settings.prompt_window_grace_seconds
         keep = self.settings.prompt_partial_retention_seconds
         due: dict[str, Partial] = {}
-        for key, p in self._partials_in(table, partition):
+        for key, p in self._partials_in(topic, partition):
             if not p.closed(now, grace):
                 continue
             if not p.emitted:
@@ -286,6 +300,7 @@ class PromptsService:
             elif p.closed(now, grace + keep):
                 # Long closed: no uncommitted replay can still belong to it.
                 table_delete(table, partition, key)
+                self._live[topic].pop(key, None)
         await self._emit(list(due.values()), topic)
         for key, p in due.items():
             p.emitted = True
@@ -311,10 +326,10 @@ class PromptsService:
         """Emit windows that closed while their partition had no traffic (no table write)."""
         now = self.clock()
         grace = self.settings.prompt_window_grace_seconds
-        for topic, table in self.sources.items():
+        for topic in self.sources:
             due = [
                 p
-                for _, p in self._partials_in(table)
+                for _, p in self._partials_in(topic)
                 if p.closed(now, grace)
                 and not p.emitted
                 and self._emitted.get(str(record_id(p, topic))) != p.last_offset

@@ -27,7 +27,6 @@ the cursor move, once per batch.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -77,9 +76,11 @@ class DeadLetters(Protocol):
 class Route(Generic[M]):
     """How the events of one source topic are decoded (``model``) and applied.
 
-    ``apply`` gets the validated event and where it came from; it may be a plain
-    function or a coroutine function. An exception it raises stops the agent
-    (the event is neither dead-lettered nor passed by the cursor).
+    ``apply`` gets the validated event and where it came from; it returns None
+    when it is done, or an awaitable when it must wait (a coroutine function
+    qualifies; so does a plain function that returns a coroutine only on its
+    rare slow path). An exception it raises stops the agent (the event is
+    neither dead-lettered nor passed by the cursor).
     """
 
     model: type[M]
@@ -160,6 +161,7 @@ class OrderedStep:
         """
         topic, partition = tp.topic, tp.partition
         route = self._routes[topic]
+        model, apply, bounds = route.model, route.apply, self._bounds
         applied: list[SourceRecord] = []
         for r in records:
             if not applied or r.offset != applied[-1].offset + 1:
@@ -172,7 +174,16 @@ class OrderedStep:
                 if verdict is Step.HOLE:
                     break
             record = SourceRecord(topic, partition, r.offset, r.key, r.value, r.timestamp)
-            await self._apply(route, record)
+            try:
+                event = decode(model, record.value, bounds=bounds)
+            except PoisonEvent as poison:
+                await self._dead_letter(record, poison)
+            else:
+                # The hot path: a handler returns an awaitable only when it must wait.
+                pending = apply(event, record)
+                if pending is not None:
+                    await pending
+                self._dead_letters.ok(record)
             applied.append(record)
         if applied:
             await self._end_run(topic, partition, applied)
@@ -190,16 +201,19 @@ class OrderedStep:
         try:
             event = decode(route.model, record.value, bounds=self._bounds)
         except PoisonEvent as poison:
-            # Never applied: poison must not change state. Raising instead would only
-            # let Faust acknowledge it silently; the DLQ keeps it, acknowledged
-            # before the cursor passes it.
-            await self._dead_letters.publish(record, poison, f"{record.topic}{DLQ_SUFFIX}")
-            self._dead_letters.poisoned(record)
+            await self._dead_letter(record, poison)
         else:
-            applied = route.apply(event, record)
-            if inspect.isawaitable(applied):
-                await applied
+            pending = route.apply(event, record)
+            if pending is not None:
+                await pending
             self._dead_letters.ok(record)
+
+    async def _dead_letter(self, record: SourceRecord, poison: PoisonEvent) -> None:
+        # Never applied: poison must not change state. Raising instead would only
+        # let Faust acknowledge it silently; the DLQ keeps it, acknowledged
+        # before the cursor passes it.
+        await self._dead_letters.publish(record, poison, f"{record.topic}{DLQ_SUFFIX}")
+        self._dead_letters.poisoned(record)
 
 
 __all__ = ["Cursors", "DeadLetters", "Flush", "OrderedStep", "Route"]
