@@ -196,13 +196,14 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
         """Fetch loop: batch topics go to the app's ``BatchSource``, a partition at a time.
 
         Mirrors Faust's loop (flow control, active partitions, generation) for
-        everything but the per-message delivery; topics without a batch source
-        take Faust's per-message path.
+        everything but the per-message delivery. Records of other topics (the
+        tables' changelogs, read on recovery) take Faust's per-message path.
         """
         batches = self._batches()
         if batches is None:
             await super()._drain_messages(fetcher)
             return
+        lock = self._batch_lock = asyncio.Lock()
         try:
             while not (self._stopped.is_set() or fetcher._stopped.is_set()):
                 records, active = await self._wait_next_records(1.0)
@@ -213,13 +214,14 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
                     continue
                 generation = self.app.consumer_generation_id
                 for tp, fetched in records.items():
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
-                        break  # rebalancing: the new assignment re-reads from its cursors
                     if active is not None and tp not in active:
                         continue
+                    if not self._still(generation):
+                        break  # rebalanced: the new assignment re-reads from its cursors
                     if tp.topic in batches.topics:
-                        await batches.batch(tp, fetched)
-                    else:
+                        async with lock:
+                            await batches.batch(tp, fetched)
+                    else:  # a table's changelog being recovered: Faust's own path
                         for record in fetched:
                             await self.callback(self._to_message(tp, record))
                 await self.sleep(0)
@@ -229,6 +231,24 @@ class ChangelogFirstConsumer(faust_aiokafka.Consumer):
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
+
+    def _still(self, generation: int) -> bool:
+        """Whether the assignment of ``generation`` still holds (no rebalance since)."""
+        return bool(self.flow_active) and self.app.consumer_generation_id == generation
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """A batch in progress ends first (its state written, its cursor moved).
+
+        Otherwise the revocation's commit and the agents forgetting the revoked
+        partitions' state would interleave with the batch at its awaits, and it
+        would go on writing state of partitions another worker may own by then.
+        """
+        lock: asyncio.Lock | None = getattr(self, "_batch_lock", None)
+        if lock is None:
+            await super().on_partitions_revoked(revoked)
+            return
+        async with lock:
+            await super().on_partitions_revoked(revoked)
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Any:
         tps = set(super()._filter_tps_with_pending_acks(topics))
