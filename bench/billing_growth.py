@@ -1,6 +1,6 @@
-"""Billing cost as stored usage grows: dedup lookup and cost reports at 1M, 10M, 100M rows.
+"""Billing cost as stored usage grows: dedup lookup, sink rate and cost reports by table size.
 
-    python -m bench.billing_growth [--sizes 0,1000000,10000000] [--repeat 5]
+    python -m bench.billing_growth [--sizes 1000000,10000000] [--repeat 5] [--sink-events 20000]
 
 Fills an embedded chDB database (a temporary folder) with synthetic usage, in
 steps up to each size: 24 months of events (2025-01 to 2026-12), 50
@@ -15,16 +15,21 @@ do. At each size it measures, as the median of ``--repeat`` runs:
   one organization, and the brute-force query it replaced
   (``tests/billing_reference_allocation.sql``) for comparison; the two must
   return the same rows (the run stops otherwise), and the table shows how many
-  requests the month and the organization hold.
+  requests the month and the organization hold;
+* the usage sink's rate into that database (``--sink-events`` fresh outcome
+  events through Kafka on the local stack; ``--sink-events 0`` skips it and
+  needs no stack).
 
+Size 0 (the empty table, the baseline of the growth targets) is always measured.
 Times are client wall times of the query through clickhouse-connect's chDB
 interface (the same path as the sink and ``llmpulse report costs``). Figures
-are printed as a Markdown table; nothing here is asserted.
+are printed as Markdown tables (``bench.report``); nothing here is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import random
 import statistics
@@ -39,6 +44,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from bench.common import bench_settings, produce_outcomes, progress
+from bench.report import growth_tables
+from bench.results import GrowthStep
+from bench.sink_throughput import sink_rate
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks.usage import _LOOKUP
 from llmpulse.processors.stream.clickhouse import connect, migrate, run_query
@@ -100,7 +109,7 @@ def _fill(client: Client, first: int, upto: int) -> None:
                 "n": n,
             },
         )
-        print(f"  stored {start + n:,} rows", flush=True)
+        progress(f"stored {start + n:,} rows")
 
 
 def _lookup_ids(client: Client, rng: random.Random) -> list[uuid.UUID]:
@@ -147,35 +156,73 @@ def measure(client: Client, repeat: int, rng: random.Random, total_rows: int) ->
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="0,1000000,10000000", help="comma-separated row counts")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
-    args = parser.parse_args()
-    sizes = sorted(int(s) for s in args.sizes.split(","))
+async def _sink_step(
+    base: Settings, client: Client, events: int, batch_rows: int, seed: int
+) -> float:
+    """The usage sink's events/s into ``client``'s database, on fresh topics.
+
+    Each step needs its own ``seed``: the sample events' ids come from it, and
+    ids stored by an earlier step would be dropped as duplicates.
+    """
+    settings = await bench_settings(base)
+    await produce_outcomes(settings, events, seed=seed)
+    return (await sink_rate(settings, client, events, batch_rows)).per_second
+
+
+def run(
+    sizes: list[int], repeat: int = 5, sink_events: int = 20_000, batch_rows: int = 5_000
+) -> list[GrowthStep]:
+    """One step per size, smallest first, always starting with the empty table."""
     rng = random.Random(7)
+    steps = []
     with tempfile.TemporaryDirectory(prefix="llmpulse-billing-growth-") as tmp:
-        settings = Settings(clickhouse_dsn=f"chdb://{Path(tmp) / 'chdb'}")
+        settings = Settings().model_copy(update={"clickhouse_dsn": f"chdb://{Path(tmp) / 'chdb'}"})
         client = connect(settings)
         migrate(client)
-        rows, results = 0, []
-        for size in sizes:
-            print(f"filling to {size:,} rows", flush=True)
+        rows = 0
+        for size in sorted({0, *sizes}):
+            progress(f"filling to {size:,} rows")
             _fill(client, rows, size)
             rows = size
             client.command("OPTIMIZE TABLE usage_event_keys")  # as background merges would
-            results.append((size, measure(client, args.repeat, rng, size)))
+            progress(f"measuring at {size:,} rows")
+            f = measure(client, repeat, rng, size)
+            sink = None
+            if sink_events:
+                progress(f"usage sink, {sink_events:,} events at {size:,} rows")
+                sink = asyncio.run(
+                    _sink_step(settings, client, sink_events, batch_rows, seed=size + 1)
+                )
+            steps.append(
+                GrowthStep(
+                    rows=size,
+                    lookup_s=f["lookup"],
+                    lookup_before_s=f["lookup_before"],
+                    report_month_s=f["report_month"],
+                    report_month_before_s=f["report_month_before"],
+                    report_org_s=f["report_org"],
+                    report_org_before_s=f["report_org_before"],
+                    month_requests=int(f["report_month_requests"]),
+                    org_requests=int(f["report_org_requests"]),
+                    sink_per_second=sink,
+                )
+            )
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="1000000,10000000", help="comma-separated row counts (0 is added)"
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
+    parser.add_argument(
+        "--sink-events", type=int, default=20_000, help="events per sink step; 0: no sink, no stack"
+    )
+    args = parser.parse_args()
+    steps = run([int(s) for s in args.sizes.split(",")], args.repeat, args.sink_events)
     print()
-    print("| stored rows | dedup lookup, 5,000 ids (before) | report, one month (before) "
-          "| report, one org (before) | requests in the month / org |")  # fmt: skip
-    print("|---|---|---|---|---|")
-    for size, f in results:
-        print(
-            f"| {size:,} | {f['lookup']:.3f} s ({f['lookup_before']:.3f} s) "
-            f"| {f['report_month']:.3f} s ({f['report_month_before']:.3f} s) "
-            f"| {f['report_org']:.3f} s ({f['report_org_before']:.3f} s) "
-            f"| {f['report_month_requests']:,.0f} / {f['report_org_requests']:,.0f} |"
-        )
+    print(growth_tables(steps))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import resource
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,13 +58,14 @@ class Rate:
         return self.events / self.seconds if self.seconds else float("inf")
 
 
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def progress(message: str) -> None:
+    """One indented progress line (the runner prints its own unindented ones)."""
+    print(f"  {message}", flush=True)
 
 
 async def bench_settings(base: Settings) -> Settings:
     """Running stack endpoints and a fresh topic prefix with every topic created."""
-    ep = stack.up(base, progress=lambda m: print(f"  [stack] {m}", flush=True))
+    ep = stack.up(base, progress=lambda m: progress(f"[stack] {m}"))
     s = stack.with_endpoints(base, ep).model_copy(
         update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."}
     )

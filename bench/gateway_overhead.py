@@ -11,6 +11,9 @@
   its sender drains to Kafka, compared with the bare aiokafka path an app
   would otherwise take in the same run: ``model_dump_json`` plus
   ``await AIOKafkaProducer.send`` (enqueue only, acks awaited later).
+
+The measurements run in a child process, whose peak RSS is reported (the
+gateway lives in the application's process; this is its footprint alone).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import bench_outcome, bench_settings, max_rss_mib
+from bench.child import in_child
+from bench.common import bench_outcome, bench_settings, progress
+from bench.results import GatewayResult
 from llmpulse.gateway.breaker_view import BreakerView
 from llmpulse.gateway.config import GatewayConfig, redis_client
 from llmpulse.gateway.emitter import EventEmitter
@@ -115,8 +120,8 @@ async def _emit(settings: Settings, gw: GatewayConfig, events: int) -> tuple[flo
     return emit_us, spent / events * 1e6
 
 
-async def main_async(decisions: int, events: int) -> None:
-    settings = await bench_settings(Settings())
+async def _measure(settings: Settings, decisions: int, events: int) -> tuple[float, ...]:
+    """Runs in the child process: (routing, execute, emit, bare emit) microseconds."""
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
         gw = GatewayConfig(
             bootstrap_servers=kafka.bootstrap(settings),
@@ -126,13 +131,17 @@ async def main_async(decisions: int, events: int) -> None:
         )
         routing_us, execute_us = await _routing(gw, decisions)
         emit_us, bare_us = await _emit(settings, gw, events)
-    print(f"routing decision (preferred provider open): {routing_us:8.2f} us")
-    print(f"execute() overhead, instant provider:       {execute_us:8.2f} us per request")
-    print(
-        f"emit() on the caller's path:                {emit_us:8.2f} us per event "
-        f"(bare aiokafka dump+send {bare_us:.2f} us; ratio {emit_us / bare_us:.2f})"
+    return routing_us, execute_us, emit_us, bare_us
+
+
+async def run(decisions: int = 100_000, events: int = 50_000) -> GatewayResult:
+    """Routing, ``execute()`` and ``emit()`` costs, measured in a child process."""
+    settings = await bench_settings(Settings())
+    progress(f"{decisions:,} routing decisions, {events:,} emitted events (child process)")
+    (routing_us, execute_us, emit_us, bare_us), rss = await in_child(
+        _measure, settings, decisions, events
     )
-    print(f"max RSS {max_rss_mib():.0f} MiB")
+    return GatewayResult(routing_us, execute_us, emit_us, bare_us, rss)
 
 
 def main() -> None:
@@ -140,7 +149,14 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=50_000)
     args = parser.parse_args()
-    asyncio.run(main_async(args.decisions, args.events))
+    r = asyncio.run(run(args.decisions, args.events))
+    print(f"routing decision (preferred provider open): {r.routing_us:8.2f} us")
+    print(f"execute() overhead, instant provider:       {r.execute_us:8.2f} us per request")
+    print(
+        f"emit() on the caller's path:                {r.emit_us:8.2f} us per event "
+        f"(bare aiokafka dump+send {r.bare_emit_us:.2f} us; ratio {r.emit_ratio:.2f})"
+    )
+    print(f"peak RSS of the measuring process: {r.peak_rss_mb:.0f} MB")
 
 
 if __name__ == "__main__":
