@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Relative accuracy of latency quantiles.
 SKETCH_ALPHA = 0.01
@@ -66,6 +66,40 @@ def window_start(epoch_seconds: float, size: int) -> int:
     return int(epoch_seconds // size) * size
 
 
+class OutcomeSample(NamedTuple):
+    """What one outcome adds to a partial, derived once for all its window sizes."""
+
+    success: bool
+    latency_ms: int
+    latency_sq_ms: int
+    sketch_bucket: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    cost_sq: float
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        success: bool,
+        latency_ms: int,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: Decimal,
+    ) -> OutcomeSample:
+        return cls(
+            success,
+            latency_ms,
+            latency_ms * latency_ms,
+            sketch_index(latency_ms),
+            input_tokens,
+            output_tokens,
+            cost_usd,
+            float(cost_usd) ** 2,
+        )
+
+
 @dataclass
 class Partial:
     """Sums of one prompt version over one window from one partition."""
@@ -110,18 +144,31 @@ class Partial:
         output_tokens: int,
         cost_usd: Decimal,
     ) -> None:
+        self.add_sample(
+            offset,
+            OutcomeSample.of(
+                success=success,
+                latency_ms=latency_ms,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_usd=cost_usd,
+            ),
+        )
+
+    def add_sample(self, offset: int, s: OutcomeSample) -> None:
+        """``add_outcome`` with the per-outcome arithmetic already done (the agent's path)."""
         self.last_offset = offset
         self.executions += 1
-        self.successes += success
-        self.failures += not success
-        self.latency_sum_ms += latency_ms
-        self.latency_sq_ms += latency_ms * latency_ms
-        idx = sketch_index(latency_ms)
-        self.latency_sketch[idx] = self.latency_sketch.get(idx, 0) + 1
-        self.input_tokens += input_tokens
-        self.output_tokens += output_tokens
-        self.cost_usd += cost_usd
-        self.cost_sq += float(cost_usd) ** 2
+        self.successes += s.success
+        self.failures += not s.success
+        self.latency_sum_ms += s.latency_ms
+        self.latency_sq_ms += s.latency_sq_ms
+        sketch = self.latency_sketch
+        sketch[s.sketch_bucket] = sketch.get(s.sketch_bucket, 0) + 1
+        self.input_tokens += s.input_tokens
+        self.output_tokens += s.output_tokens
+        self.cost_usd += s.cost_usd
+        self.cost_sq += s.cost_sq
 
     def add_feedback(self, offset: int, score: Decimal) -> None:
         self.last_offset = offset

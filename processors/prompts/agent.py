@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from llmpulse.core.registry import PromptState, fold
-from llmpulse.core.rollup import Partial, partial_key, window_start
+from llmpulse.core.rollup import OutcomeSample, Partial, partial_key, window_start
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka, metrics
 from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
@@ -230,17 +230,16 @@ class PromptsService:
         if o.status is OutcomeStatus.cancelled:
             return  # the caller gave up: not an execution result of the prompt version
 
-        def add(p: Partial) -> None:
-            p.add_outcome(
-                record.offset,
-                success=o.status is OutcomeStatus.success,
-                latency_ms=o.latency_ms,
-                input_tokens=o.input_tokens,
-                output_tokens=o.output_tokens,
-                cost_usd=o.cost_usd,
-            )
-
-        self._apply(record, o.prompt_name, o.prompt_version, o.event_time, add)
+        sample = OutcomeSample.of(
+            success=o.status is OutcomeStatus.success,
+            latency_ms=o.latency_ms,
+            input_tokens=o.input_tokens,
+            output_tokens=o.output_tokens,
+            cost_usd=o.cost_usd,
+        )
+        offset = record.offset
+        name, version = o.prompt_name, o.prompt_version
+        self._apply(record, name, version, o.event_time, lambda p: p.add_sample(offset, sample))
 
     def _on_feedback(self, f: Feedback, record: SourceRecord) -> None:
         self._apply(
