@@ -125,6 +125,17 @@ class BreakerConfig:
         )
 
 
+def breaker_provider(key: str) -> str:
+    """The provider of breaker ``key`` (``provider`` or ``provider/model``).
+
+    Outcomes are partitioned by provider, so a breaker's operator controls must
+    be too: a per-model breaker's control keyed by ``provider/model`` would land
+    in another partition, owned by another worker, and be applied to a breaker
+    that never sees the model's outcomes.
+    """
+    return key.split("/", 1)[0]
+
+
 @dataclass(frozen=True)
 class Call:
     """What the breaker needs from one outcome."""

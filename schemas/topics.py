@@ -84,7 +84,9 @@ TOPICS: dict[str, TopicSpec] = {
             PROMPT_PERFORMANCE, PromptPerformance, "prompt_name", 3, "delete", retention_ms=_WEEK_MS
         ),
         # Same partition count and key as outcomes: the breaker agent reads both
-        # into one table, which Faust requires to be co-partitioned.
+        # into one table, which Faust requires to be co-partitioned. The message
+        # key is the breaker's provider (``provider/model`` -> ``provider``,
+        # ``processors.breaker.ops.control_key``), the partition of its outcomes.
         TopicSpec(BREAKER_CONTROL, BreakerControl, "provider", 6, "delete", retention_ms=_WEEK_MS),
         TopicSpec(
             BREAKER_TRANSITIONS, BreakerSnapshot, "provider", 1, "delete", retention_ms=_WEEK_MS

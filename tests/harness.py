@@ -9,18 +9,27 @@ in settings (``LLMPULSE_KAFKA_BOOTSTRAP`` ...) are used as they are.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 
 from llmpulse.devstack import stack
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.topics import create_topics
+from llmpulse.schemas import Feedback, LLMOutcome, OutcomeStatus
 
 
 @contextmanager
@@ -113,3 +122,142 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float,
+    what: str,
+    every: float = 0.2,
+    explain: Callable[[], Awaitable[str]] | None = None,
+) -> None:
+    """``wait_for`` for a predicate that has to ask a service (polled every ``every`` s).
+
+    On timeout the failure message ends with what ``explain`` says (where things stand).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            detail = f": {await explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+        await asyncio.sleep(every)
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The next offset to be written, per partition of ``topic``."""
+    consumer: AIOKafkaConsumer = kafka.consumer(settings, group=f"end-{uuid.uuid4().hex[:8]}")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def caught_up(
+    settings: Settings, topic: str, group: str, ends: dict[int, int] | None = None
+) -> bool:
+    """Whether ``group`` committed every partition of ``topic`` up to ``ends`` (default: its end).
+
+    A stateful worker commits only up to its input cursor, so for its group this
+    means every event before ``ends`` is applied. A partition never written needs no commit.
+    """
+    return not await behind(settings, topic, group, ends)
+
+
+async def behind(
+    settings: Settings, topic: str, group: str, ends: dict[int, int] | None = None
+) -> dict[int, tuple[int | None, int]]:
+    """(committed, target) of each partition ``group`` has not committed up to ``ends``."""
+    targets = ends if ends is not None else await end_offsets(settings, topic)
+    committed = await committed_offsets(settings, topic, group)
+    return {
+        p: (committed.get(p), end)
+        for p, end in sorted(targets.items())
+        if (committed.get(p) or 0) < end
+    }
+
+
+async def assigned_members(settings: Settings, group: str) -> int:
+    """Members of consumer ``group`` that hold an assignment (0 while it rebalances)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(settings))
+    await admin.start()
+    try:
+        try:
+            (response,) = await admin.describe_consumer_groups([group])
+        except CoordinatorNotAvailableError:  # a fresh broker creating __consumer_offsets
+            return 0
+        _error, _group, state, _ptype, _protocol, members = response.groups[0]
+        if state != "Stable":
+            return 0
+        return sum(1 for member in members if member[4])  # member_assignment bytes
+    finally:
+        await admin.close()
+
+
+def spawn_worker(env: dict[str, str], flow: str, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m llmpulse worker <flow>`` as a child process, output to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmpulse", "worker", flow],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` without a chance to commit, flush or leave its group; reap it."""
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``proc`` (a clean shutdown), SIGKILL it if it is still there after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+#: Sums of one prompt rollup window: executions, successes, latency sum (ms), tokens,
+#: cost, feedback count, feedback sum.
+RollupSums = tuple[int, int, int, int, Decimal, int, Decimal]
+
+
+def rollups_brute_force(
+    outcomes: Iterable[LLMOutcome], feedback: Iterable[Feedback], windows: Iterable[int]
+) -> dict[tuple[str, int, int, int], RollupSums]:
+    """Prompt rollups computed directly from the events, per (prompt, version, window
+    size, window start in epoch seconds): what the rollup worker must add up to."""
+    sums: dict[tuple[str, int, int, int], list[Any]] = {}
+    outcomes, feedback = list(outcomes), list(feedback)
+
+    def window(name: str, version: int, size: int, at: datetime) -> list[Any]:
+        key = (name, version, size, int(at.timestamp() // size) * size)
+        return sums.setdefault(key, [0, 0, 0, 0, Decimal(0), 0, Decimal(0)])
+
+    for size in windows:
+        for o in outcomes:
+            if o.prompt_name is None or o.prompt_version is None:
+                continue  # not a prompt execution
+            if o.status is OutcomeStatus.cancelled:
+                continue  # the caller gave up: no result of the prompt version
+            w = window(o.prompt_name, o.prompt_version, size, o.event_time)
+            w[0] += 1
+            w[1] += o.status is OutcomeStatus.success
+            w[2] += o.latency_ms
+            w[3] += o.input_tokens + o.output_tokens
+            w[4] += o.cost_usd
+        for f in feedback:
+            w = window(f.prompt_name, f.prompt_version, size, f.event_time)
+            w[5] += 1
+            w[6] += f.score
+    return {k: (v[0], v[1], v[2], v[3], v[4], v[5], v[6]) for k, v in sums.items()}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from llmpulse.core.breaker import BreakerConfig
 from llmpulse.processors.breaker.config import BreakerConfigError, BreakerConfigs
+from llmpulse.processors.breaker.ops import control_key
+from llmpulse.schemas.events import BreakerAction, BreakerControl
 
 
 def _load(tmp_path: Path, text: str) -> BreakerConfigs:
@@ -54,3 +58,19 @@ def test_seed_preset_default_and_overrides(tmp_path: Path) -> None:
 def test_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(BreakerConfigError, match=message):
         _load(tmp_path, text)
+
+
+def test_a_per_model_control_is_keyed_to_its_provider_partition() -> None:
+    # Outcomes are keyed by provider: a control keyed by "openai/gpt-own" would go to
+    # another partition (and worker) than the outcomes of the breaker it controls.
+    def control(key: str) -> BreakerControl:
+        return BreakerControl(
+            event_id=uuid.uuid4(),
+            event_time=datetime.now(UTC),
+            provider=key,
+            action=BreakerAction.force_open,
+            reason="test",
+        )
+
+    assert control_key(control("openai/gpt-own")) == b"openai"
+    assert control_key(control("openai")) == b"openai"

@@ -16,12 +16,18 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from llmpulse.core.breaker import breaker_provider
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.codec import encode
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import BreakerAction, BreakerControl, BreakerSnapshot
 from llmpulse.schemas.topics import BREAKER_CONTROL, BREAKER_STATE, topic_spec
+
+
+def control_key(control: BreakerControl) -> bytes:
+    """Kafka key of a control: its breaker's provider, the partition of its outcomes."""
+    return breaker_provider(control.provider).encode()
 
 
 async def send_control(
@@ -42,7 +48,7 @@ async def send_control(
         await producer.send_and_wait(
             settings.topic(BREAKER_CONTROL),
             encode(control),
-            key=topic_spec(BREAKER_CONTROL).key_of(control),
+            key=control_key(control),
         )
     finally:
         await producer.stop()
