@@ -60,6 +60,7 @@ def ch(ch_session: Client) -> Client:
     for table in (
         "usage_events",
         "usage_event_keys",
+        "usage_daily",
         "usage_conflicts",
         "breaker_transitions",
         "period_closes",

@@ -14,12 +14,16 @@ from decimal import Decimal
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from llmpulse.processors.billing.allocation import CostReport, build_report
 from llmpulse.processors.errors import InputError
 from llmpulse.processors.stream.clickhouse import run_query
 
 FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+#: The allocation query's message when the rollup changed under it (see allocation_rows).
+_ROLLUP_CHANGED = "usage_daily gained a duplicate during the cost report"
+_ALLOCATION_ATTEMPTS = 3
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
 _ALLOCATION_COLUMNS = (
     "org_id",
@@ -95,12 +99,21 @@ def allocation_rows(
     org: str = "",
     as_of: datetime = FAR_FUTURE,
 ) -> list[dict[str, Any]]:
-    """Rows of ``usage_events__allocation`` (values bound server-side)."""
-    return run_query(
-        client,
-        "usage_events__allocation",
-        {"start": start, "end": end, "org": org, "as_of": as_of, "default_rate": default_rate},
-    )
+    """Rows of ``usage_events__allocation`` (values bound server-side).
+
+    The query stops rather than count an event twice when a duplicate reaches
+    the daily rollup while it runs (a sink race during the report); running it
+    again then reads that month with FINAL.
+    """
+    params = {"start": start, "end": end, "org": org, "as_of": as_of, "default_rate": default_rate}
+    attempts = _ALLOCATION_ATTEMPTS
+    while True:
+        try:
+            return run_query(client, "usage_events__allocation", params)
+        except DatabaseError as exc:
+            attempts -= 1
+            if attempts == 0 or _ROLLUP_CHANGED not in str(exc):
+                raise
 
 
 def closed_month(client: Client, period: date) -> dict[str, Any] | None:
