@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,6 +121,7 @@ class BreakerService:
         self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
         self._published: dict[str, int] = {}
         self._publish_locks: dict[str, asyncio.Lock] = {}
+        self._publishing: set[asyncio.Future[None]] = set()
         # Breakers of the partitions this worker owns, authoritative in process;
         # the table (changelog) gets every transition at once and window counts
         # at most every ``_WRITE_EVERY`` seconds per breaker (see ``_store``).
@@ -174,8 +175,8 @@ class BreakerService:
         self._cores.clear()
         self._written.clear()
 
-    def _on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> Awaitable[None] | None:
-        """Apply one outcome; an awaitable when something must be published or released."""
+    def _on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> None:
+        """Apply one outcome; publishing and permit release go to the background."""
         key = self.configs.key_for(outcome.provider, outcome.model)
         core = self._load(key)
         now = self.clock()
@@ -194,11 +195,25 @@ class BreakerService:
             and core.state is BreakerState.half_open
         )
         publish = bool(transitions) or core.version > self._published.get(core.provider, -1)
-        if not (release or publish):
-            return None  # the common case: counted, nothing to tell anyone
-        return self._after_outcome(
-            core, transitions, now, str(outcome.request_id) if release else None, half_open
-        )
+        if release or publish:
+            # In the background, in order per breaker (its publish lock): the partition
+            # goes on with the next events meanwhile, so one opening does not delay
+            # every later event of the partition by its broker and Redis round trips.
+            # The transition is in the table already; were the worker killed before
+            # the send, the restored breaker sends it again (``_publish_locked``).
+            holder = str(outcome.request_id) if release else None
+            self._background(self._after_outcome(core, transitions, now, holder, half_open))
+        return None
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._publishing.add(task)
+        task.add_done_callback(self._published_one)
+
+    def _published_one(self, task: asyncio.Future[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing a breaker transition failed", exc_info=task.exception())
 
     async def _after_outcome(
         self,
@@ -208,12 +223,14 @@ class BreakerService:
         probe_holder: str | None,
         half_open: int | None,
     ) -> None:
+        # Publishing first: its lock is the task's first await, so the background
+        # publications of one breaker run in the order their events were applied.
+        if transitions or core.version > self._published.get(core.provider, -1):
+            await self._publish(core, transitions, now)
         if probe_holder is not None and half_open is not None:
             await self._release_permit(
                 core.provider, half_open, probe_holder, core.config.half_open_probes
             )
-        if transitions or core.version > self._published.get(core.provider, -1):
-            await self._publish(core, transitions, now)
 
     async def _on_control(self, control: BreakerControl, record: SourceRecord) -> None:
         key = control.provider
@@ -261,8 +278,11 @@ class BreakerService:
         for snap in snapshots:
             value = encode(snap)
             # Acknowledged by the broker before Redis shows the state.
-            await (await self.state_topic.send(key=key, value=value))
-            await (await self.transitions_topic.send(key=key, value=value))
+            sent = [
+                await self.state_topic.send(key=key, value=value),
+                await self.transitions_topic.send(key=key, value=value),
+            ]
+            await asyncio.gather(*sent)
         for t in transitions:
             if t.version > last:
                 metrics.BREAKER_TRANSITIONS.labels(
