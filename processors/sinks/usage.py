@@ -3,18 +3,27 @@
 Delivery, batching, retries and rebalances are ``llmpulse.processors.sinks.base``'s. This
 flow adds the dedup step: before inserting, the batch's event_ids are looked up
 so redelivered events are dropped and same-id-different-payload events are
-quarantined in ``usage_conflicts`` (see ``usage_rows`` and the
+quarantined in ``usage_conflicts`` (see ``plan_batch`` and the
 ``usage_events`` migration).
+
+Per event the hot path does the decode, one SHA-256 of the consumed bytes
+(``wire_hash``: no second serialisation) and the row tuple; the decoded model
+is dropped at once (``Pending``). Everything else is done per batch in the
+writer thread: the rows go to ClickHouse as columns (``usage_columns``) and the
+Prometheus counters get one increment per batch and label (the lag histogram,
+one observation per event).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from collections import Counter
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, ClassVar
 from uuid import UUID
+
+from clickhouse_connect.driver.insert import InsertContext
 
 from llmpulse.core.usage import (
     CONFLICT_COLUMNS,
@@ -22,9 +31,8 @@ from llmpulse.core.usage import (
     BatchPlan,
     Pending,
     conflict_row,
-    payload_hash,
     plan_batch,
-    usage_row,
+    usage_columns,
 )
 from llmpulse.processors.sinks.base import ClickHouseSink, SinkStats
 from llmpulse.processors.stream import metrics
@@ -35,6 +43,14 @@ FLOW = "usage_events"
 #: Stored ids and payload hashes, from the table sorted by event_id (migration 0007):
 #: one small granule per id, so the lookup stays flat as usage_events grows.
 _LOOKUP = "SELECT event_id, payload_hash FROM usage_event_keys WHERE event_id IN {ids:Array(UUID)}"
+_LOOKUP_CHUNK = 10_000
+#: One batch's lookup and insert are small: more threads only add scheduling work on
+#: the engine's side (measured on embedded chDB: -20% CPU for the lookup, -10% for the
+#: insert), while the sink's own threads need the cores.
+_BATCH_SETTINGS = {"max_threads": 1}
+#: The insert's event_ids are unique (``plan_batch``), so ReplacingMergeTree's collapse of
+#: equal sorting keys within the inserted block has nothing to do: skip that pass.
+_INSERT_SETTINGS = {**_BATCH_SETTINGS, "optimize_on_insert": 0}
 
 __all__ = ["FLOW", "SinkStats", "UsageSink"]
 
@@ -47,34 +63,54 @@ class UsageSink(ClickHouseSink[Pending]):
     FLOW: ClassVar[str] = FLOW
 
     def pending(self, event: Any, record: Any) -> Pending:
-        return Pending(event, payload_hash(event), record.topic, record.partition, record.offset)
+        return Pending.of(event, record.value, record.topic, record.partition, record.offset)
 
     def write(self, batch: list[Pending]) -> None:
         """Dedup lookup, conflict quarantine and insert (blocking; runs in a thread)."""
-        ids = list({p.outcome.event_id for p in batch})
-        stored: dict[UUID, str] = {}
-        for chunk_start in range(0, len(ids), 10_000):
-            rows = self.client.query(
-                _LOOKUP, parameters={"ids": ids[chunk_start : chunk_start + 10_000]}
-            ).result_rows
-            stored.update({UUID(str(eid)): _text(h) for eid, h in rows})
-        plan = plan_batch(batch, stored)
+        plan = plan_batch(batch, self._stored(batch))
         if plan.conflicts:
             self.client.insert(
                 "usage_conflicts",
                 [conflict_row(item, known) for item, known in plan.conflicts],
                 column_names=list(CONFLICT_COLUMNS),
             )
+        if not plan.insert:
+            self._record(plan, {}, 0.0)
+            return
+        columns = usage_columns(plan.insert)
         started = time.perf_counter()
-        if plan.insert:
-            self.client.insert(
-                "usage_events",
-                [usage_row(p.outcome, p.digest) for p in plan.insert],
-                column_names=list(USAGE_COLUMNS),
-            )
-        self._record(plan, time.perf_counter() - started)
+        self.client.insert(data=columns, context=self._insert_context)
+        seconds = time.perf_counter() - started
+        self._record(plan, dict(zip(USAGE_COLUMNS, columns, strict=True)), seconds)
 
-    def _record(self, plan: BatchPlan, seconds: float) -> None:
+    @cached_property
+    def _insert_context(self) -> InsertContext:
+        """One insert context for every batch (clickhouse-connect's reusable context).
+
+        The table's column types are read once instead of per insert, and each
+        batch's columns replace the previous ones here: a context made per insert
+        kept its batch alive in a reference cycle until a garbage collection.
+        """
+        return self.client.create_insert_context(
+            "usage_events",
+            column_names=list(USAGE_COLUMNS),
+            column_oriented=True,
+            settings=_INSERT_SETTINGS,
+        )
+
+    def _stored(self, batch: list[Pending]) -> dict[UUID, str]:
+        """Payload hash already stored for each event_id of ``batch`` that is stored at all."""
+        ids = list({p.event_id.int: p.event_id for p in batch}.values())  # each id once
+        stored: dict[UUID, str] = {}
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            result = self.client.query(_LOOKUP, parameters={"ids": chunk}, settings=_BATCH_SETTINGS)
+            rows = result.result_rows
+            stored.update({UUID(str(eid)): _text(h) for eid, h in rows})
+        return stored
+
+    def _record(self, plan: BatchPlan, inserted: dict[str, list[Any]], seconds: float) -> None:
+        """Stats and metrics of a written batch; ``inserted`` is its columns by name."""
         self.stats.inserted += len(plan.insert)
         self.stats.duplicates += len(plan.duplicates)
         self.stats.conflicts += len(plan.conflicts)
@@ -84,23 +120,21 @@ class UsageSink(ClickHouseSink[Pending]):
             return
         metrics.SINK_BATCH_ROWS.labels(flow=FLOW).observe(len(plan.insert))
         metrics.SINK_INSERT_SECONDS.labels(flow=FLOW).observe(seconds)
-        now = datetime.now(UTC).timestamp()
-        lag = metrics.EVENT_LAG_SECONDS.labels(flow=FLOW)
-        statuses: Counter[str] = Counter()
-        cost_by_org: dict[str, Decimal] = defaultdict(Decimal)
-        for p in plan.insert:
-            o = p.outcome
-            lag.observe(max(0.0, now - o.event_time.timestamp()))
-            statuses[o.status] += 1
-            cost_by_org[o.org_id] += o.cost_usd
-        for status, n in statuses.items():
+        now = time.time()
+        observe = metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe
+        for event_time in inserted["event_time"]:  # a histogram takes one observation per event
+            observe(max(0.0, now - event_time.timestamp()))
+        for status, n in Counter(inserted["status"]).items():
             metrics.LLM_REQUESTS.labels(status=status).inc(n)
+        cost_by_org: dict[str, Decimal] = {}
+        for org, cost in zip(inserted["org_id"], inserted["cost_usd"], strict=True):
+            cost_by_org[org] = cost_by_org.get(org, Decimal(0)) + cost
         limit = self.settings.metrics_org_label_limit
         for org, cost in cost_by_org.items():
             # Prometheus counters are floats; billing never reads them.
             metrics.LLM_COST_USD.labels(organization=metrics.org_label(org, limit)).inc(float(cost))
         metrics.CACHE_REQUESTS.inc(len(plan.insert))
-        metrics.CACHE_HITS.inc(sum(p.outcome.cache_hit for p in plan.insert))
+        metrics.CACHE_HITS.inc(sum(inserted["cache_hit"]))
 
 
 def _text(value: Any) -> str:
