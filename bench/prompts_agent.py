@@ -45,6 +45,21 @@ def outcome(rng: random.Random) -> LLMOutcome:
     )
 
 
+def payloads(events: int) -> list[tuple[bytes, bytes]]:
+    """The same ``events`` outcomes each call (seeded draws), with new ids and event times.
+
+    Each side gets them just before its run, as production traffic arrives: made
+    once for both, the agent's events would be as old as the bare consumer's run,
+    and those of minute windows that closed meanwhile would count as late.
+    """
+    rng = random.Random(1)
+    out = []
+    for _ in range(events):
+        o = outcome(rng)
+        out.append((o.provider.encode(), encode(o)))
+    return out
+
+
 async def run(events: int = 30_000) -> Throughput:
     """Bare consumer, then the rollup agent, on the same ``events`` outcomes."""
     base = Settings()
@@ -60,24 +75,19 @@ async def run(events: int = 30_000) -> Throughput:
             stderr=subprocess.STDOUT,
         )
         try:
-            rng = random.Random(1)
             group = app_id(agent_s, "prompts")
-            await blast(agent_s, [(b"p0", encode(outcome(rng)))])  # warm-up
+            await blast(agent_s, payloads(1))  # warm-up
             await wait_committed(agent_s, group, 1)
-            payloads = []
-            for _ in range(events):
-                o = outcome(rng)
-                payloads.append((o.provider.encode(), encode(o)))
             progress(f"bare aiokafka consumer, {events:,} events")
             ready = asyncio.Event()
             task = asyncio.create_task(bare_consumer(bare_s, "bench-bare", events, ready))
             await ready.wait()
             await asyncio.sleep(2)
-            t0 = await blast(bare_s, payloads)
+            t0 = await blast(bare_s, payloads(events))
             bare_secs = await wait_committed(bare_s, "bench-bare", events) - t0
             await task
             progress(f"prompt rollup agent, {events:,} events")
-            t0 = await blast(agent_s, payloads)
+            t0 = await blast(agent_s, payloads(events))
             agent_secs = await wait_committed(agent_s, group, events + 1) - t0
             rss = peak_rss_mb_of(worker.pid)
         finally:

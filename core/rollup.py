@@ -12,6 +12,7 @@ that offset was already counted.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ _GAMMA = (1 + SKETCH_ALPHA) / (1 - SKETCH_ALPHA)
 _LOG_GAMMA = math.log(_GAMMA)
 
 
+@functools.lru_cache(maxsize=65_536)  # latencies are whole ms: once per distinct value
 def sketch_index(value_ms: float) -> int:
     """Bucket of a latency: 0 for 0 ms, else ceil(log_gamma(value)) + 1 (always >= 1)."""
     if value_ms <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from llmpulse.processors.stream.dlq import (
     DeadLetterPublisher,
     PoisonLimiter,
     PoisonLimitExceeded,
+    Record,
     SourceRecord,
 )
 from llmpulse.processors.stream.input_cursor import Step, step
@@ -91,14 +93,14 @@ class _Harness:
             flush=self.flush,
         )
 
-    async def flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+    async def flush(self, topic: str, partition: int, applied: Sequence[Record]) -> None:
         self.journal.calls.append(("flush", topic, partition, [r.offset for r in applied]))
 
-    async def on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> None:
+    async def on_outcome(self, outcome: LLMOutcome, record: Record) -> None:
         # A coroutine handler (the breaker's) ...
         self.journal.calls.append(("apply", record.topic, record.offset, type(outcome).__name__))
 
-    def on_feedback(self, feedback: Feedback, record: SourceRecord) -> None:
+    def on_feedback(self, feedback: Feedback, record: Record) -> None:
         # ... and a plain one (the prompt rollups').
         self.journal.calls.append(("apply", record.topic, record.offset, type(feedback).__name__))
 
@@ -179,7 +181,7 @@ async def test_consecutive_poison_is_counted_and_a_good_event_ends_the_run() -> 
 async def test_a_failing_handler_stops_before_the_cursor_moves() -> None:
     h = _Harness()
 
-    def boom(outcome: LLMOutcome, record: SourceRecord) -> None:
+    def boom(outcome: LLMOutcome, record: Record) -> None:
         raise RuntimeError("table write failed")
 
     failing = OrderedStep(
@@ -197,7 +199,7 @@ async def test_a_failing_handler_stops_before_the_cursor_moves() -> None:
 async def test_a_poison_event_raised_by_a_handler_is_not_dead_lettered() -> None:
     h = _Harness()
 
-    def rejects(outcome: LLMOutcome, record: SourceRecord) -> None:
+    def rejects(outcome: LLMOutcome, record: Record) -> None:
         raise PoisonEvent("x", "only decoding decides what is poison")
 
     step_ = OrderedStep(
@@ -262,7 +264,7 @@ async def test_a_failing_handler_stops_the_batch_before_its_flush_and_cursor() -
     h = _Harness()
     calls = 0
 
-    def fails_second(outcome: LLMOutcome, record: SourceRecord) -> None:
+    def fails_second(outcome: LLMOutcome, record: Record) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:

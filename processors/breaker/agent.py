@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import metrics
 from llmpulse.processors.stream.codec import encode
-from llmpulse.processors.stream.dlq import SourceRecord
+from llmpulse.processors.stream.dlq import Record
 from llmpulse.processors.stream.faust_app import (
     BREAKER_STATE_TABLE,
     create_app,
@@ -145,7 +145,7 @@ class BreakerService:
         self.app.timer(settings.breaker_tick_seconds)(self._tick)
 
     # --- batches -------------------------------------------------------------------
-    async def _flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+    async def _flush(self, topic: str, partition: int, applied: Sequence[Record]) -> None:
         # Table writes happen as events apply (``_store``); a batch only counts.
         if topic == self.outcomes:
             metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
@@ -175,7 +175,7 @@ class BreakerService:
         self._cores.clear()
         self._written.clear()
 
-    def _on_outcome(self, outcome: LLMOutcome, record: SourceRecord) -> None:
+    def _on_outcome(self, outcome: LLMOutcome, record: Record) -> None:
         """Apply one outcome; publishing and permit release go to the background."""
         key = self.configs.key_for(outcome.provider, outcome.model)
         core = self._load(key)
@@ -232,7 +232,7 @@ class BreakerService:
                 core.provider, half_open, probe_holder, core.config.half_open_probes
             )
 
-    async def _on_control(self, control: BreakerControl, record: SourceRecord) -> None:
+    async def _on_control(self, control: BreakerControl, record: Record) -> None:
         key = control.provider
         core = self._load(key)
         now = self.clock()

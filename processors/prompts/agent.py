@@ -27,19 +27,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from llmpulse.core.registry import PromptState, fold
-from llmpulse.core.rollup import OutcomeSample, Partial, partial_key, window_start
+from llmpulse.core.rollup import OutcomeSample, Partial, partial_key
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka, metrics
 from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
-from llmpulse.processors.stream.dlq import SourceRecord
+from llmpulse.processors.stream.dlq import Record
 from llmpulse.processors.stream.faust_app import (
     FEEDBACK_PARTIALS_TABLE,
     OUTCOME_PARTIALS_TABLE,
@@ -68,6 +68,7 @@ from llmpulse.schemas.topics import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FLOW = "prompt_performance"
 _NAMESPACE = uuid.UUID("6f1c2b7a-0d4e-4c53-9a8e-1b2c3d4e5f60")
 _SWEEP_EVERY = 1.0
@@ -157,17 +158,24 @@ class PromptsService:
         self._live: dict[str, dict[str, Partial]] = {topic: {} for topic in self.sources}
         # Keys of the partials the batch being processed touched (written at its end).
         self._touched: set[str] = set()
+        # The live regular partials of open windows by (prompt, version, size, start,
+        # partition): an event finds its partials without building their table keys.
+        self._hot: dict[str, dict[tuple[str, int, int, int, int], tuple[str, Partial]]] = {
+            topic: {} for topic in self.sources
+        }
         self.app.on_partitions_revoked.connect(self._forget)
         # Record id -> last offset it was emitted with (timer emissions are not
         # written to the table, so a record that grew is emitted again; the sink's
-        # ReplacingMergeTree keeps the latest copy).
+        # ReplacingMergeTree keeps the latest copy). Entries go with their partial
+        # (long closed) or with the partitions (revoked), so the map stays bounded.
         self._emitted: dict[str, int] = {}
         self._last_sweep: dict[tuple[str, int], float] = {}
+        self._late_events = metrics.LATE_EVENTS.labels(flow=FLOW)
         self.app.timer(1.0)(self._emit_idle_windows)
         self.app.task(self._materialize_registry)
 
     # --- batches --------------------------------------------------------------------------
-    async def _flush(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
+    async def _flush(self, topic: str, partition: int, applied: Sequence[Record]) -> None:
         """End of a batch: one table write per touched partial, then sweep closed windows."""
         table = self.sources[topic]
         for key in self._touched:
@@ -190,41 +198,67 @@ class PromptsService:
         # Another worker may own these partitions now: read from the tables again.
         for live in self._live.values():
             live.clear()
+        for hot in self._hot.values():
+            hot.clear()
+        self._emitted.clear()  # re-emitting a record is harmless (the sink keeps one copy)
 
-    def _partials(
+    def _targets(
         self, topic: str, name: str, version: int, ts: float, partition: int, offset: int
     ) -> list[tuple[str, Partial]]:
-        """(table key, partial) of every window size this event belongs to (late -> correction)."""
+        """(table key, partial) of each window size the event at ``offset`` still adds to.
+
+        An event of an open window goes to the window's regular partial (found
+        through ``_hot`` without building its key); one of a closed window is
+        late and goes to a correction.
+        """
         now = self.clock()
         grace = self.settings.prompt_window_grace_seconds
+        hot = self._hot[topic]
         out = []
         for size in self.settings.prompt_windows:
-            start = window_start(ts, size)
-            late = now >= start + size + grace
-            key = partial_key(name, version, size, start, partition, late)
-            partial = self._partial(topic, key)
-            if late and (partial is None or partial.emitted):
-                # A new correction starts above every offset this window has applied
-                # (regular partial and earlier corrections), so an event replayed
-                # after a crash is never counted twice.
-                regular = self._partial(
-                    topic, partial_key(name, version, size, start, partition, False)
-                )
-                watermark = max(
-                    partial.last_offset if partial else -1,
-                    regular.last_offset if regular else -1,
-                )
-                partial = Partial(
-                    name, version, size, start, partition, offset, True, last_offset=watermark
-                )
-            elif partial is None:
-                partial = Partial(name, version, size, start, partition, offset, False)
-            if late and not partial.seen(offset):
-                metrics.LATE_EVENTS.labels(flow=FLOW).inc()
-            out.append((key, partial))
+            start = int(ts // size) * size  # window_start, inlined: once per event and size
+            at = (name, version, size, start, partition)
+            if now < start + size + grace:
+                target = hot.get(at)
+                if target is None:
+                    target = hot[at] = self._regular(topic, at, offset)
+            else:
+                target = self._correction(topic, at, offset)
+            if offset > target[1].last_offset:  # not seen (replays after a crash are)
+                out.append(target)
         return out
 
-    def _on_outcome(self, o: LLMOutcome, record: SourceRecord) -> None:
+    def _regular(
+        self, topic: str, at: tuple[str, int, int, int, int], offset: int
+    ) -> tuple[str, Partial]:
+        """The regular partial of window ``at``, new from the event at ``offset`` if none."""
+        key = partial_key(*at, False)
+        partial = self._partial(topic, key)
+        if partial is None:
+            partial = Partial(*at, offset, False)
+        return key, partial
+
+    def _correction(
+        self, topic: str, at: tuple[str, int, int, int, int], offset: int
+    ) -> tuple[str, Partial]:
+        """The open correction of closed window ``at`` for a late event (counted late once)."""
+        key = partial_key(*at, True)
+        partial = self._partial(topic, key)
+        if partial is None or partial.emitted:
+            # A new correction starts above every offset this window has applied
+            # (regular partial and earlier corrections), so an event replayed
+            # after a crash is never counted twice.
+            regular = self._partial(topic, partial_key(*at, False))
+            watermark = max(
+                partial.last_offset if partial else -1,
+                regular.last_offset if regular else -1,
+            )
+            partial = Partial(*at, offset, True, last_offset=watermark)
+        if not partial.seen(offset):
+            self._late_events.inc()
+        return key, partial
+
+    def _on_outcome(self, o: LLMOutcome, record: Record) -> None:
         if o.prompt_name is None or o.prompt_version is None:
             return
         if o.status is OutcomeStatus.cancelled:
@@ -237,35 +271,28 @@ class PromptsService:
             output_tokens=o.output_tokens,
             cost_usd=o.cost_usd,
         )
-        offset = record.offset
         name, version = o.prompt_name, o.prompt_version
-        self._apply(record, name, version, o.event_time, lambda p: p.add_sample(offset, sample))
+        self._apply(record, name, version, o.event_time, Partial.add_sample, sample)
 
-    def _on_feedback(self, f: Feedback, record: SourceRecord) -> None:
-        self._apply(
-            record,
-            f.prompt_name,
-            f.prompt_version,
-            f.event_time,
-            lambda p: p.add_feedback(record.offset, f.score),
-        )
+    def _on_feedback(self, f: Feedback, record: Record) -> None:
+        name, version = f.prompt_name, f.prompt_version
+        self._apply(record, name, version, f.event_time, Partial.add_feedback, f.score)
 
     def _apply(
         self,
-        record: SourceRecord,
+        record: Record,
         name: str,
         version: int,
         event_time: datetime,
-        add: Callable[[Partial], None],
+        add: Callable[[Partial, int, T], None],
+        value: T,
     ) -> None:
-        """Add one event to the partial of each window size (once: replays are skipped)."""
+        """``add(partial, offset, value)`` to each window size's partial (replays skipped)."""
         topic, partition, offset = record.topic, record.partition, record.offset
         live = self._live[topic]
         ts = event_time.timestamp()
-        for key, p in self._partials(topic, name, version, ts, partition, offset):
-            if p.seen(offset):
-                continue
-            add(p)
+        for key, p in self._targets(topic, name, version, ts, partition, offset):
+            add(p, offset, value)
             live[key] = p
             self._touched.add(key)
 
@@ -300,6 +327,10 @@ class PromptsService:
                 # Long closed: no uncommitted replay can still belong to it.
                 table_delete(table, partition, key)
                 self._live[topic].pop(key, None)
+                self._emitted.pop(str(record_id(p, topic)), None)
+        hot = self._hot[topic]
+        for at in [at for at, (_, p) in hot.items() if p.closed(now, grace)]:
+            del hot[at]  # events of a closed window are late: never looked up here again
         await self._emit(list(due.values()), topic)
         for key, p in due.items():
             p.emitted = True

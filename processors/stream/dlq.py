@@ -36,6 +36,21 @@ class _Producer(Protocol):
     ) -> object: ...
 
 
+class Record(Protocol):
+    """What is read of a consumed message: an aiokafka ``ConsumerRecord`` or a ``SourceRecord``."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 class SourceRecord(NamedTuple):
     """Where a message came from (enough to find the original and to redirect it).
 
@@ -74,9 +89,7 @@ class PoisonLimiter:
             )
 
 
-def dlq_headers(
-    record: SourceRecord, poison: PoisonEvent, now: datetime
-) -> list[tuple[str, bytes]]:
+def dlq_headers(record: Record, poison: PoisonEvent, now: datetime) -> list[tuple[str, bytes]]:
     """Headers describing why and from where a message was dead-lettered."""
     return [
         (REASON_HEADER, poison.reason.encode()),
@@ -99,7 +112,7 @@ class DeadLetterPublisher:
         self._producer = producer
         self._limiter = limiter
 
-    async def publish(self, record: SourceRecord, poison: PoisonEvent, dlq_topic: str) -> None:
+    async def publish(self, record: Record, poison: PoisonEvent, dlq_topic: str) -> None:
         """Dead-letter ``record`` and wait for the broker's acknowledgement.
 
         Call ``poisoned`` afterwards to apply the consecutive-poison limit.
@@ -112,10 +125,10 @@ class DeadLetterPublisher:
         )
         DLQ_EVENTS.labels(topic=record.topic, reason=poison.reason).inc()
 
-    def poisoned(self, record: SourceRecord) -> None:
+    def poisoned(self, record: Record) -> None:
         """Count a dead-lettered message; ``PoisonLimitExceeded`` past the limit."""
         self._limiter.poison(record.topic, record.partition)
 
-    def ok(self, record: SourceRecord) -> None:
+    def ok(self, record: Record) -> None:
         """Record a good message on the record's partition."""
         self._limiter.ok(record.topic, record.partition)

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream.codec import PoisonEvent, decode
-from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
+from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, Record
 from llmpulse.processors.stream.faust_app import FaustProducer
 from llmpulse.processors.stream.input_cursor import Step
 from llmpulse.schemas.events import EventTimeBounds
@@ -44,11 +44,11 @@ from llmpulse.schemas.topics import DLQ_SUFFIX
 
 M = TypeVar("M", bound=BaseModel)
 
-#: ``(topic, partition, records applied)``: write the batch's state, before its cursor moves.
-Flush = Callable[[str, int, "list[SourceRecord]"], Awaitable[None]]
+#: ``(topic, partition, records of the run)``: write the run's state, before its cursor moves.
+Flush = Callable[[str, int, Sequence[Record]], Awaitable[None]]
 
 
-async def _nothing_to_flush(topic: str, partition: int, applied: list[SourceRecord]) -> None:
+async def _nothing_to_flush(topic: str, partition: int, applied: Sequence[Record]) -> None:
     return None
 
 
@@ -65,11 +65,11 @@ class Cursors(Protocol):
 class DeadLetters(Protocol):
     """What the step needs of ``DeadLetterPublisher``."""
 
-    async def publish(self, record: SourceRecord, poison: PoisonEvent, dlq_topic: str) -> None: ...
+    async def publish(self, record: Record, poison: PoisonEvent, dlq_topic: str) -> None: ...
 
-    def poisoned(self, record: SourceRecord) -> None: ...
+    def poisoned(self, record: Record) -> None: ...
 
-    def ok(self, record: SourceRecord) -> None: ...
+    def ok(self, record: Record) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Route(Generic[M]):
     """
 
     model: type[M]
-    apply: Callable[[M, SourceRecord], Awaitable[None] | None]
+    apply: Callable[[M, Record], Awaitable[None] | None]
 
 
 class OrderedStep:
@@ -137,21 +137,18 @@ class OrderedStep:
             flush=flush,
         )
 
-    async def __call__(self, record: SourceRecord) -> Step:
+    async def __call__(self, record: Record) -> Step:
         """Process one event; ``Step.APPLY`` when it was applied or dead-lettered.
 
         Any other verdict means the event was skipped (nothing changed, the
         cursor did not move).
         """
         verdict = await self._cursors.step(record.topic, record.partition, record.offset)
-        if verdict is not Step.APPLY:
-            return verdict
-        await self._apply(self._routes[record.topic], record)
-        await self._flush(record.topic, record.partition, [record])
-        self._cursors.advance(record.topic, record.partition, record.offset)
-        return Step.APPLY
+        if verdict is Step.APPLY:
+            await self._run(record.topic, record.partition, (record,))
+        return verdict
 
-    async def batch(self, tp: TP, records: Sequence[Any]) -> None:
+    async def batch(self, tp: TP, records: Sequence[Record]) -> None:
         """Process one fetched batch of ``tp`` (aiokafka ``ConsumerRecord`` s, offset order).
 
         A run of consecutive offsets is applied without asking the cursor again,
@@ -160,55 +157,51 @@ class OrderedStep:
         sought back to the cursor and the rest of the batch lies beyond it).
         """
         topic, partition = tp.topic, tp.partition
-        route = self._routes[topic]
-        model, apply, bounds = route.model, route.apply, self._bounds
-        applied: list[SourceRecord] = []
-        for r in records:
-            if not applied or r.offset != applied[-1].offset + 1:
-                if applied:
-                    await self._end_run(topic, partition, applied)
-                    applied = []
-                verdict = await self._cursors.step(topic, partition, r.offset)
-                if verdict is Step.REPLAY:
-                    continue
-                if verdict is Step.HOLE:
-                    break
-            record = SourceRecord(topic, partition, r.offset, r.key, r.value, r.timestamp)
-            try:
-                event = decode(model, record.value, bounds=bounds)
-            except PoisonEvent as poison:
-                await self._dead_letter(record, poison)
-            else:
-                # The hot path: a handler returns an awaitable only when it must wait.
-                pending = apply(event, record)
-                if pending is not None:
-                    await pending
-                self._dead_letters.ok(record)
-            applied.append(record)
-        if applied:
-            await self._end_run(topic, partition, applied)
+        i, n = 0, len(records)
+        while i < n:
+            verdict = await self._cursors.step(topic, partition, records[i].offset)
+            if verdict is Step.HOLE:
+                return
+            if verdict is Step.REPLAY:
+                i += 1
+                continue
+            end = i + 1
+            while end < n and records[end].offset == records[end - 1].offset + 1:
+                end += 1
+            await self._run(topic, partition, records[i:end])
+            i = end
 
     def position(self, tp: TP) -> int | None:
         """The offset that may be committed for ``tp``: its cursor."""
         return self._cursors.position(tp)
 
-    async def _end_run(self, topic: str, partition: int, applied: list[SourceRecord]) -> None:
-        await self._flush(topic, partition, applied)
-        self._cursors.advance(topic, partition, applied[-1].offset)
+    async def _run(self, topic: str, partition: int, run: Sequence[Record]) -> None:
+        """Decode and apply (or dead-letter) a run of consecutive offsets, flush, advance.
 
-    async def _apply(self, route: Route[Any], record: SourceRecord) -> None:
-        """Decode and apply one event, or dead-letter it (acknowledged) when it is poison."""
-        try:
-            event = decode(route.model, record.value, bounds=self._bounds)
-        except PoisonEvent as poison:
-            await self._dead_letter(record, poison)
-        else:
-            pending = route.apply(event, record)
+        The hot path of every stateful agent: the consumed record itself is
+        handed to the handler, and a handler returns an awaitable only when it
+        must wait.
+        """
+        route = self._routes[topic]
+        model, apply, bounds = route.model, route.apply, self._bounds
+        after_poison = True  # a poison run may have ended the previous run
+        for record in run:
+            try:
+                event = decode(model, record.value, bounds=bounds)
+            except PoisonEvent as poison:
+                await self._dead_letter(record, poison)
+                after_poison = True
+                continue
+            pending = apply(event, record)
             if pending is not None:
                 await pending
-            self._dead_letters.ok(record)
+            if after_poison:
+                self._dead_letters.ok(record)
+                after_poison = False
+        await self._flush(topic, partition, run)
+        self._cursors.advance(topic, partition, run[-1].offset)
 
-    async def _dead_letter(self, record: SourceRecord, poison: PoisonEvent) -> None:
+    async def _dead_letter(self, record: Record, poison: PoisonEvent) -> None:
         # Never applied: poison must not change state. Raising instead would only
         # let Faust acknowledge it silently; the DLQ keeps it, acknowledged
         # before the cursor passes it.
