@@ -67,7 +67,12 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         plan_deactivate,
     )
     from llmpulse.processors.prompts import ops
+    from llmpulse.processors.userinput import read_text
 
+    content = args.content
+    if args.action == "create" and args.content_file:
+        # Read before any service is looked up: a bad file is bad input (exit 2).
+        content = read_text(args.content_file, UsageError)
     settings = with_services(load_settings())
     if args.action == "compare":
         return _prompts_compare(args, settings)
@@ -87,9 +92,6 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         raise UsageError(f"prompts {args.action} needs a prompt NAME")
     try:
         if args.action == "create":
-            content = args.content
-            if args.content_file:
-                content = args.content_file.read_text()
             if not content:
                 raise UsageError("prompts create needs --content or --content-file")
             existing = state.get(args.name)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from llmpulse.cli.common import EXIT_OK, SubParsers, UsageError, load_settings
+from llmpulse.cli.files import write_text
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -46,7 +47,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Close a month (one summary line) or render a cost report to stdout or --output.
 
     Malformed periods and unknown organizations raise ``BillingInputError``
-    (an ``InputError``: exit code 2) before anything is written.
+    (an ``InputError``: exit code 2) before anything is written; an --output
+    that cannot be written is one line too (exit 2, or 1 for a failing disk).
     """
     from llmpulse.processors.billing import allocation, reports
     from llmpulse.processors.stream.clickhouse import connect
@@ -78,7 +80,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     }[args.format]
     text = render(report)
     if args.output:
-        args.output.write_text(text)
+        write_text(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -111,7 +111,11 @@ PromptVersionNumber = Annotated[int, Field(ge=1, le=1_000_000)]
 
 @dataclass(frozen=True)
 class EventTimeBounds:
-    """How far ``event_time`` may lie before / after the validating clock."""
+    """How far ``event_time`` may lie before / after the validating clock.
+
+    ``max_past`` does not apply to state records (``Event.STATE_RECORD``): the
+    latest record of a key on a compacted topic is current however old it is.
+    """
 
     max_past: timedelta = timedelta(days=400)
     max_future: timedelta = timedelta(minutes=5)
@@ -191,12 +195,18 @@ class Event(BaseModel):
     ``event_id`` is generated once by the producer and reused on every retry;
     it is the idempotency key downstream. ``event_time`` must be time-zone aware;
     it is stored in UTC and must lie within the bounds given in the validation
-    context (``EventTimeBounds``; defaults apply when no context is given).
+    context (``EventTimeBounds``; defaults apply when no context is given),
+    except that a state record (``STATE_RECORD``) may be any age.
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, use_enum_values=False)
 
     SCHEMA_VERSION: ClassVar[int] = 1
+    #: A state record (the value of a key on a compacted topic, or a copy of one):
+    #: it stays current for as long as nothing replaces it, so its ``event_time``
+    #: (when the state began) has no ``max_past`` bound. Bounding it would make
+    #: a registry or a breaker that has not changed for that long unreadable.
+    STATE_RECORD: ClassVar[bool] = False
 
     event_id: UUID
     schema_version: Literal[1] = 1
@@ -211,7 +221,7 @@ class Event(BaseModel):
         value = value.astimezone(UTC)
         if value > now + bounds.max_future:
             raise ValueError(f"event_time is more than {bounds.max_future} in the future")
-        if value < now - bounds.max_past:
+        if not cls.STATE_RECORD and value < now - bounds.max_past:
             raise ValueError(f"event_time is more than {bounds.max_past} in the past")
         return value
 
@@ -296,7 +306,10 @@ class PromptVersionEvent(Event):
 
     ``content`` and ``system_message`` are the only free-text fields in the
     whole contract; they are never copied into usage rows, logs or the DLQ.
+    A version created years ago is still a version: any ``event_time`` age.
     """
+
+    STATE_RECORD: ClassVar[bool] = True
 
     prompt_name: Identifier
     version: PromptVersionNumber
@@ -334,21 +347,55 @@ class PromptVersionEvent(Event):
         return self
 
 
+#: Longest force-open with an end time; longer: force-open without one, close it later.
+FORCE_OPEN_MAX = timedelta(days=30)
+
+
+def force_open_until_problem(until: datetime, at: datetime) -> str | None:
+    """Why ``until`` cannot end a force-open sent at ``at`` (one line), or None.
+
+    The one rule for the command line (which refuses the argument) and the
+    contract (a control breaking it is dead-lettered, never applied).
+    """
+    if until <= at:
+        return f"until {until.isoformat()} is not in the future"
+    if until - at > FORCE_OPEN_MAX:
+        return f"until {until.isoformat()} is more than {FORCE_OPEN_MAX.days} days ahead"
+    return None
+
+
 class BreakerControl(Event):
-    """Operator override for one provider's breaker (key: provider)."""
+    """Operator override for one provider's breaker (key: provider).
+
+    ``until`` (force_open only) must lie after ``event_time`` and at most 30 days
+    (``FORCE_OPEN_MAX``) later. The command line refuses it with other actions;
+    records of older versions that carry it with another action are applied
+    without it, as they always were.
+    """
 
     provider: Identifier
     action: BreakerAction
     reason: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_secret)]
     until: AwareDatetime | None = None
 
+    @model_validator(mode="after")
+    def _until_in_range(self) -> BreakerControl:
+        if self.until is not None and self.action is BreakerAction.force_open:
+            problem = force_open_until_problem(self.until, self.event_time)
+            if problem:
+                raise ValueError(problem)
+        return self
+
 
 class BreakerSnapshot(Event):
     """Fleet-wide breaker state of one provider (compacted topic, key: provider).
 
     ``version`` increases by one on every change; readers apply a snapshot only
-    when its version is newer than the one they hold.
+    when its version is newer than the one they hold. ``event_time`` is when the
+    state began (``since``), any age: a breaker may stay closed for years.
     """
+
+    STATE_RECORD: ClassVar[bool] = True
 
     provider: Identifier
     state: BreakerState

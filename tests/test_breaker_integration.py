@@ -30,7 +30,7 @@ from llmpulse.processors.stream.clickhouse import run_query
 from llmpulse.processors.stream.codec import encode
 from llmpulse.schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
 from llmpulse.schemas.events import BreakerSnapshot, BreakerState
-from llmpulse.schemas.topics import BREAKER_TRANSITIONS, OUTCOMES, topic_spec
+from llmpulse.schemas.topics import BREAKER_CONTROL, BREAKER_TRANSITIONS, OUTCOMES, topic_spec
 from tests.harness import read_all, wait_for, with_unique_topics
 
 pytestmark = pytest.mark.stack
@@ -47,6 +47,7 @@ default:
   half_open_probes: 2
 providers:
   prov-kill: {open_seconds: 120, open_max_seconds: 120}
+  prov-listed: {}
   prov-model/m2: {consecutive_failures: 2, open_seconds: 60, open_max_seconds: 60}
 """
 
@@ -367,8 +368,16 @@ async def test_operator_controls_and_status_fallback(
             check=False,
         )
 
-    assert cli("force-open", "prov-op", "--reason", "incident 42").returncode == 0
+    # A name that is neither configured nor an existing breaker is likely a typo.
+    typo = cli("force-open", "prov-op", "--reason", "incident 42")
+    assert typo.returncode == 2
+    assert "pass --create" in typo.stderr
+    created = cli("force-open", "prov-op", "--reason", "incident 42", "--create")
+    assert created.returncode == 0, created.stderr
     await wait_state(rds, topics, "prov-op", BreakerState.forced_open)
+    # A configured breaker needs no --create (an existing one neither: force-close below).
+    assert cli("disable", "prov-listed").returncode == 0
+    await wait_state(rds, topics, "prov-listed", BreakerState.disabled)
     status = cli("status")
     assert status.returncode == 0
     assert "source: redis" in status.stdout
@@ -389,6 +398,42 @@ async def test_operator_controls_and_status_fallback(
     bad = cli("force-open", "sk-abcdefghijklmnopqrstu")
     assert bad.returncode == 2
     assert "credential" in bad.stderr
+
+
+async def test_a_bad_control_on_the_topic_is_dead_lettered_and_the_worker_keeps_serving(
+    worker: Worker, topics: Settings, rds: aioredis.Redis
+) -> None:
+    """Issue 13 item 1: a force-open ``until`` in the past, as an older command line wrote it.
+
+    Applied, it made the timer build a snapshot dated outside the event-time
+    bound, which crashed the worker on every restart.
+    """
+    bad = {
+        "event_id": str(uuid.uuid4()),
+        "event_time": datetime.now(UTC).isoformat(),
+        "provider": "prov-bad-until",
+        "action": "force_open",
+        "reason": "typo",
+        "until": "2025-06-01T00:00:00+00:00",
+    }
+    producer = kafka.producer(topics)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.topic(BREAKER_CONTROL), json.dumps(bad).encode(), key=b"prov-bad-until"
+        )
+    finally:
+        await producer.stop()
+    dlq = await read_all(topics, topics.topic(topic_spec(BREAKER_CONTROL).dlq), expected=1)
+    assert len(dlq) == 1
+    assert dict(dlq[0].headers)["dlq.reason"] == b"schema_violation"
+    # Still serving: outcomes of another provider open its breaker, timer ticks go on.
+    await send(topics, *[outcome("prov-after-bad", False) for _ in range(3)])
+    await wait_state(rds, topics, "prov-after-bad", BreakerState.open)
+    await wait_state(rds, topics, "prov-after-bad", BreakerState.half_open, timeout=10)
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
+    assert await snapshot(rds, topics, "prov-bad-until") is None  # never applied
 
 
 async def test_prometheus_scrapes_the_breaker_state(worker: Worker, topics: Settings) -> None:

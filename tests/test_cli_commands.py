@@ -7,6 +7,7 @@ stack lookup (no stack is running there) before any connection is attempted.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -260,3 +261,134 @@ def test_the_error_tree() -> None:
     for leaf in (BillingInputError, PricingFileError, ScenarioError):
         assert issubclass(leaf, ValueError)
     assert issubclass(ServiceAddressMissing, RuntimeError)
+
+
+# Issue 13 items 9 and 10: files and arguments the user names fail as one line,
+# exit 2, before any service or database is reached, and never echo a long value.
+
+_PRICE_ROW = (
+    "  - {provider: openai, model: gpt-4o, effective_from: %s, input_per_mtok: %s,"
+    " output_per_mtok: 10, cached_per_mtok: 1}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            ("prices:\n" + _PRICE_ROW % ("2026-01-01", ".nan")).encode(),
+            "prices.yaml: prices row 1: input_per_mtok: Input should be a finite number",
+        ),
+        (
+            ("prices:\n" + _PRICE_ROW % ("2026-01-01", ".inf")).encode(),
+            "prices.yaml: prices row 1: input_per_mtok: Input should be a finite number",
+        ),
+        (
+            ("prices:\n" + _PRICE_ROW % ("2026-02-30", "1")).encode(),
+            "prices.yaml: prices row 1: effective_from: Value error, "
+            "value '2026-02-30' is not a date",
+        ),
+        (b"prices: []\n# \xff\n", "not UTF-8 text (invalid byte at offset 13)"),
+        (
+            (
+                "prices:\n"
+                + _PRICE_ROW % ("2026-01-01T00:00:00Z", "1")
+                + _PRICE_ROW % ("2026-01-01T01:00:00+01:00", "2")
+            ).encode(),
+            "prices.yaml: prices rows 1 and 2 conflict: same provider, model, effective_from "
+            "(openai, gpt-4o, 2026-01-01T00:00:00+00:00); keep one",
+        ),
+    ],
+)
+def test_pricing_load_of_a_bad_file_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    (tmp_path / "prices.yaml").write_bytes(content)
+    result = _run(tmp_path, "pricing", "load", "prices.yaml")
+    assert result.returncode == 2, result.stderr
+    assert message in _one_line(result.stderr)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["report", "close", "--period", "0000-01"],
+            "period '0000-01' is outside the months billing supports (1970-01 to 2149-05)",
+        ),
+        (
+            ["report", "costs", "--start", "0001-01-01", "--end", "2026-01-01"],
+            "start '0001-01-01' is outside the dates billing supports "
+            "(1970-01-01 to 2149-06-01 UTC)",
+        ),
+        (["prompts", "create", "greeting", "--content-file", "missing.txt"], "No such file"),
+        (["prompts", "create", "greeting", "--content-file", "."], "Is a directory"),
+        (["prompts", "create", "greeting", "--content-file", "latin1.txt"], "not UTF-8 text"),
+    ],
+)
+def test_bad_periods_and_content_files_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "latin1.txt").write_bytes("Grüße".encode("latin-1"))
+    result = _run(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in _one_line(result.stderr)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "costs", "--start", "{long}", "--end", "2026-01-01"],
+        ["report", "close", "--period", "{long}"],
+        ["pricing", "load", "{long}"],
+        ["prompts", "create", "greeting", "--content-file", "{long}"],
+    ],
+)
+def test_a_100_kb_argument_is_not_echoed_back(tmp_path: Path, args: list[str]) -> None:
+    long = "x" * 100_000
+    result = _run(tmp_path, *(a.replace("{long}", long) for a in args))
+    assert result.returncode == 2, result.stderr[:500]
+    line = _one_line(result.stderr)
+    assert len(line) < 400, line[:500]
+    assert "(100000 characters)" in line
+
+
+@pytest.mark.parametrize(
+    ("output", "code", "message"),
+    [
+        ("missing/report.csv", 2, "its folder does not exist"),
+        (".", 2, "it is a folder"),
+        ("full-disk.csv", 1, "No space left on device"),
+    ],
+)
+def test_report_output_that_cannot_be_written_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    code: int,
+    message: str,
+) -> None:
+    from llmpulse.processors.billing.allocation import build_report
+
+    # The report itself is empty and needs no database; only writing it fails.
+    monkeypatch.setenv("LLMPULSE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("llmpulse.processors.stream.clickhouse.connect", lambda settings: None)
+    monkeypatch.setattr(
+        "llmpulse.processors.billing.reports.cost_report",
+        lambda client, start, end, **kwargs: build_report(start, end, [], {}),
+    )
+    if output == "full-disk.csv":
+
+        def full(self: Path, *args: object, **kwargs: object) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(Path, "write_text", full)
+    args = ["report", "costs", "--start", "2026-03-01", "--end", "2026-04-01"]
+    assert main([*args, "--format", "csv", "--output", output]) == code
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert _one_line(err) == f"llmpulse: error: cannot write {output!r}: {message}"

@@ -1,15 +1,16 @@
 """Cost reports and period close against ClickHouse (``usage_events__allocation``).
 
 Input validation lives here so every caller (CLI, demo, tests) gets the same
-one-line ``BillingInputError``: periods are explicit UTC instants, ``end`` must
-follow ``start``, an organization filter must name a known organization.
+one-line ``BillingInputError``: periods are explicit UTC instants between
+``EARLIEST`` and ``LATEST``, ``end`` must follow ``start``, an organization
+filter must name a known organization.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,12 +20,18 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from llmpulse.processors.billing.allocation import CostReport, build_report
 from llmpulse.processors.errors import InputError
 from llmpulse.processors.stream.clickhouse import run_query
+from llmpulse.processors.userinput import shorten
 
 FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+#: The instants a report period (and a price or rate change) may name: ClickHouse
+#: ``Date`` columns (the daily rollup, closed months) hold 1970-01-01 to
+#: 2149-06-06, and ``toDate`` wraps around silently outside that range.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2149, 6, 1, tzinfo=UTC)
 #: The allocation query's message when the rollup changed under it (see allocation_rows).
 _ROLLUP_CHANGED = "usage_daily gained a duplicate during the cost report"
 _ALLOCATION_ATTEMPTS = 3
-_PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+_PERIOD = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 _ALLOCATION_COLUMNS = (
     "org_id",
     "operation",
@@ -47,15 +54,30 @@ class BillingInputError(InputError, ValueError):
 def parse_instant(text: str, what: str) -> datetime:
     """``YYYY-MM-DD`` (midnight UTC) or an RFC 3339 timestamp with a zone, as UTC."""
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            return datetime.fromisoformat(text).replace(tzinfo=UTC)
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+            value = datetime.fromisoformat(text).replace(tzinfo=UTC)
+        else:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BillingInputError(
-            f"{what} {text!r} is not a date (YYYY-MM-DD) or RFC 3339 timestamp"
+            f"{what} {shorten(text)} is not a date (YYYY-MM-DD) or RFC 3339 timestamp"
         ) from None
+    return utc_instant(value, what, shorten(text))
+
+
+def utc_instant(value: datetime, what: str, shown: str) -> datetime:
+    """``value`` in UTC; it must name its zone and lie in [``EARLIEST``, ``LATEST``].
+
+    ``shown`` is how the error message quotes the value (as the user wrote it).
+    """
     if value.tzinfo is None:
-        raise BillingInputError(f"{what} {text!r} has no time zone; add Z or an offset")
+        raise BillingInputError(f"{what} {shown} has no time zone; add Z or an offset")
+    # Compared before converting: 0001-01-01T00:00:00+01:00 has no UTC datetime.
+    if not EARLIEST <= value <= LATEST:
+        raise BillingInputError(
+            f"{what} {shown} is outside the dates billing supports "
+            f"({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} UTC)"
+        )
     return value.astimezone(UTC)
 
 
@@ -63,14 +85,22 @@ def parse_period(text: str) -> tuple[date, datetime, datetime]:
     """``YYYY-MM`` -> (first day, start, end) of that UTC month."""
     m = _PERIOD.match(text)
     if not m or not 1 <= int(m.group(2)) <= 12:
-        raise BillingInputError(f"period {text!r} is not a month in the form YYYY-MM")
+        raise BillingInputError(f"period {shorten(text)} is not a month in the form YYYY-MM")
     year, month = int(m.group(1)), int(m.group(2))
+    if not (EARLIEST.year, EARLIEST.month) <= (year, month) < (LATEST.year, LATEST.month):
+        raise BillingInputError(
+            f"period {text!r} is outside the months billing supports "
+            f"({EARLIEST:%Y-%m} to {LATEST - timedelta(days=1):%Y-%m})"
+        )
     start = datetime(year, month, 1, tzinfo=UTC)
     end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
     return start.date(), start, end
 
 
 def check_period(start: datetime, end: datetime) -> None:
+    """Both ends are supported UTC instants and ``end`` follows ``start``."""
+    for value, what in ((start, "start"), (end, "end")):
+        utc_instant(value, what, shorten(value.isoformat()))
     if end <= start:
         raise BillingInputError(
             f"end {end.isoformat()} must be after start {start.isoformat()} "
@@ -86,7 +116,7 @@ def check_org(client: Client, org: str) -> None:
     hits = run_query(client, "usage_events__org_known", {"org": org})[0]["hits"]
     if not hits:
         raise BillingInputError(
-            f"unknown organization {org!r}: no usage and no organizations entry"
+            f"unknown organization {shorten(org)}: no usage and no organizations entry"
         )
 
 

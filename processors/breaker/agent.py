@@ -72,7 +72,9 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
     """Serving view after transition ``t`` (default: the current state).
 
     The event id is stable per (provider, version), so a re-sent snapshot is
-    recognisably the same event downstream.
+    recognisably the same event downstream. Its event time is when the state
+    began, any age (a state record), never later than ``now`` (a transition
+    dated by an outcome's event time may lie ahead of this worker's clock).
     """
     calls, fails, _ = core.calls_in_window(now)
     current = t is None or t.version == core.version
@@ -82,7 +84,7 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
     reason = core.reason if t is None else t.reason
     return BreakerSnapshot(
         event_id=uuid.uuid5(_NAMESPACE, f"{core.provider}:{version}"),
-        event_time=since if since.year > 1970 else now,
+        event_time=min(since, now) if since.year > 1970 else now,
         provider=core.provider,
         state=core.state if t is None else t.to_state,
         version=version,
@@ -233,6 +235,7 @@ class BreakerService:
             )
 
     async def _on_control(self, control: BreakerControl, record: Record) -> None:
+        # ``until`` is checked by the contract: a control breaking it is dead-lettered.
         key = control.provider
         core = self._load(key)
         now = self.clock()

@@ -13,16 +13,36 @@ of the provider share the provider's breaker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from llmpulse.core.breaker import BreakerConfig, breaker_key
+from llmpulse.processors.errors import InputError
 
 
-class BreakerConfigError(ValueError):
-    """The breaker configuration file is invalid (one-line message)."""
+class BreakerConfigError(InputError, ValueError):
+    """The breaker configuration file is missing or invalid (one-line message, exit 2)."""
+
+
+@cache
+def _schema() -> type[BaseModel]:
+    """Strict pydantic model of the ``BreakerConfig`` fields, derived from the dataclass.
+
+    Strict, because YAML guesses types: ``open_seconds: yes`` is a boolean,
+    ``minimum_calls: 20.7`` a float and ``"20"`` a string, and none of them is
+    what the setting means. Infinity and NaN are refused too.
+    """
+    hints = get_type_hints(BreakerConfig)
+    definitions: dict[str, Any] = {
+        f.name: (hints[f.name], f.default) for f in fields(BreakerConfig)
+    }
+    return create_model(
+        "BreakerConfigFile", __config__=ConfigDict(strict=True, allow_inf_nan=False), **definitions
+    )
 
 
 def _build(raw: Any, where: str, base: BreakerConfig | None = None) -> BreakerConfig:
@@ -37,11 +57,17 @@ def _build(raw: Any, where: str, base: BreakerConfig | None = None) -> BreakerCo
     unknown = set(raw) - known
     if unknown:
         raise BreakerConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    try:
+        checked = _schema().model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        setting = ".".join(map(str, first["loc"]))
+        raise BreakerConfigError(f"{where}: {setting}: {first['msg']}") from None
     values = {f.name: getattr(start, f.name) for f in fields(BreakerConfig)}
-    values.update(raw)
+    values.update({name: getattr(checked, name) for name in raw})
     try:
         return BreakerConfig(**values)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # the rules across settings (BreakerConfig.__post_init__)
         raise BreakerConfigError(f"{where}: {exc}") from None
 
 
@@ -71,9 +97,10 @@ class BreakerConfigs:
         if path is None:
             return cls()
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise BreakerConfigError(f"cannot read breaker config {path}: {exc}") from None
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise BreakerConfigError(f"cannot read breaker config {path}: {detail}") from None
         if not isinstance(doc, dict) or set(doc) - {"default", "providers"}:
             raise BreakerConfigError(f"{path.name}: top-level keys are default and providers")
         default = _build(doc.get("default", {}), f"{path.name}: default")

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from llmpulse.core.breaker import breaker_provider
+from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.codec import encode
@@ -30,11 +31,11 @@ def control_key(control: BreakerControl) -> bytes:
     return breaker_provider(control.provider).encode()
 
 
-async def send_control(
-    settings: Settings, provider: str, action: BreakerAction, reason: str, until: datetime | None
+def new_control(
+    provider: str, action: BreakerAction, reason: str, until: datetime | None
 ) -> BreakerControl:
-    """Validate and produce one control event (acks=all); returns it."""
-    control = BreakerControl(
+    """A validated control event sent now (``ValidationError`` names the bad field)."""
+    return BreakerControl(
         event_id=uuid.uuid4(),
         event_time=datetime.now(UTC),
         provider=provider,
@@ -42,6 +43,10 @@ async def send_control(
         reason=reason,
         until=until,
     )
+
+
+async def send(settings: Settings, control: BreakerControl) -> None:
+    """Produce ``control`` (acks=all) to its provider's partition."""
     producer = kafka.producer(settings)
     await producer.start()
     try:
@@ -52,6 +57,14 @@ async def send_control(
         )
     finally:
         await producer.stop()
+
+
+async def send_control(
+    settings: Settings, provider: str, action: BreakerAction, reason: str, until: datetime | None
+) -> BreakerControl:
+    """Validate and produce one control event; returns it."""
+    control = new_control(provider, action, reason, until)
+    await send(settings, control)
     return control
 
 
@@ -93,3 +106,16 @@ async def status(settings: Settings) -> tuple[str, list[BreakerSnapshot]]:
     except (aioredis.RedisError, OSError):
         pass
     return "topic", await status_from_topic(settings)
+
+
+async def is_known(settings: Settings, key: str) -> bool:
+    """Whether breaker ``key`` is configured (breaker config file) or exists already.
+
+    A control for any other key would start a new breaker (and metric series),
+    which is what a typo in a provider name does: the command line asks for
+    ``--create`` then.
+    """
+    if key in BreakerConfigs.load(settings.breaker_config_file).by_key:
+        return True
+    _source, snapshots = await status(settings)
+    return any(s.provider == key for s in snapshots)
