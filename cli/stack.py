@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import argparse
 
-from llmpulse.cli.common import EXIT_FAILURE, EXIT_OK, SubParsers, load_settings
+from llmpulse.cli.common import EXIT_FAILURE, EXIT_OK, SubParsers, UsageError, load_settings
 
 
 def add_parser(sub: SubParsers) -> None:
-    """Add ``stack up|down|status``."""
-    p = sub.add_parser("stack", help="start, stop or inspect the local Kafka, Redis and Prometheus")
+    """Add ``stack up|down|status`` and ``stack down --wipe``."""
+    p = sub.add_parser(
+        "stack",
+        help="start, stop or inspect the local Kafka, Redis and Prometheus",
+        description=(
+            "up starts the local services (or reuses the running ones) and prints their "
+            "endpoints; down stops them; status prints one line per service (exit 1 unless "
+            "all run). Data survives down and up, a crashed or hung Kafka and a version "
+            "change: each service comes back on its last port (a taken port is replaced, "
+            "with a message, and clients find the new one through the state dir) with its "
+            "Kafka topics, Prometheus series and Redis keys (saved when Redis stops cleanly). "
+            "Only `stack down --wipe` deletes them."
+        ),
+    )
     p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument(
+        "--wipe",
+        action="store_true",
+        help=(
+            "with down: also delete the local Kafka storage, Redis dump and Prometheus data "
+            "(and their logs), so the next `stack up` starts empty; ClickHouse data is kept"
+        ),
+    )
     p.set_defaults(func=cmd_stack)
 
 
@@ -21,6 +41,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     """
     from llmpulse.devstack import stack
 
+    if args.wipe and args.action != "down":
+        raise UsageError(f"--wipe goes with `stack down`, not `stack {args.action}`")
     settings = load_settings()
     if args.action == "up":
         ep = stack.up(settings)
@@ -29,7 +51,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         print(f"prometheus {ep.prometheus_url}")
         return EXIT_OK
     if args.action == "down":
-        stack.down(settings)
+        stack.down(settings, wipe=args.wipe)
         return EXIT_OK
     rows = stack.status(settings)
     for st in rows.values():

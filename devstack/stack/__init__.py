@@ -2,7 +2,7 @@
 
 ``llmpulse stack up|down|status``, the demo and the integration-test fixtures all
 go through this package. Nothing here is a mock: every service is the real thing,
-started on free loopback ports and checked with a real protocol request.
+started on loopback ports and checked with a real protocol request.
 
 * **Kafka** (``settings.kafka_version``, 4.x): a single KRaft node acting as
   broker and controller. Its jars come from Maven Central through
@@ -10,9 +10,10 @@ started on free loopback ports and checked with a real protocol request.
   ``<cache_dir>/kafka-<version>/libs`` (a ``.complete`` stamp marks a finished
   download). The storage is formatted with ``kafka.tools.StorageTool format
   --standalone`` and the broker runs as ``java -cp 'libs/*' kafka.Kafka``.
-* **Redis**: Debian's ``redis-server`` without persistence (``--save ''``),
-  except that :func:`stop_service` asks it for ``SHUTDOWN SAVE`` so a simulated
-  outage keeps the data, as a real restart of a persistent Redis would.
+* **Redis**: Debian's ``redis-server`` without periodic snapshots (``--save ''``)
+  that writes ``dump.rdb`` when it is stopped cleanly (``--shutdown-on-sigterm
+  save``), so :func:`down` and :func:`stop_service` keep its keys, as a real
+  restart of a persistent Redis would; a SIGKILL loses what it wrote since.
 * **Prometheus**: Debian's ``prometheus`` with a 1 s scrape interval; its targets
   come from a ``file_sd`` file that :func:`register_scrape_target` maintains.
 
@@ -23,19 +24,23 @@ own system services on 6379/9090: the stack never uses them.
 Layout under ``state_dir`` (every path is resolved to an absolute one)::
 
     stack.json                  pids, ports and endpoints of the running stack
+    ports.json                  every service's last ports (kept by down)
     kafka/server.properties     generated from ops/kafka/server.properties.template
-    kafka/data/                 KRaft metadata and topic data (wiped on a fresh start)
+    kafka/data/                 KRaft metadata (meta.properties) and topic data
     kafka/kafka.log             broker stdout/stderr (log4j2 via ops/kafka/log4j2.properties)
     redis/redis.log, redis/dump.rdb
     prometheus/prometheus.yml   generated from ops/prometheus/prometheus.yml.template
     prometheus/targets.json     file_sd scrape targets
-    prometheus/data/            TSDB (wiped on a fresh start)
+    prometheus/data/            TSDB
 
 :func:`up` is idempotent: services whose recorded pid is alive and healthy are
-reused; services stopped with :func:`stop_service` are restarted on their old
-ports with their data; anything else (dead, unhealthy, wrong Kafka version) is
-killed if it is still around and started fresh on new ports, which for Kafka
-means an empty, newly formatted data directory. Services configured through
+reused. Every other one (stopped by :func:`down` or :func:`stop_service`, dead
+after a SIGKILL, not answering within a minute, wrong Kafka version) is stopped
+if it is still around and started again with its data, on its last ports where
+they are free (else on new ones, announced; clients read them from stack.json).
+Kafka's storage is formatted only when it has no ``meta.properties``: the data
+goes only with ``down(wipe=True)`` (``llmpulse stack down --wipe``), which
+deletes the three service folders. Services configured through
 ``settings.kafka_bootstrap``/``redis_url``/``prometheus_url`` are never
 started or stopped, only health-checked and reported as ``"external"``.
 

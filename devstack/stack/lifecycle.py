@@ -6,10 +6,9 @@ the ones that change something, holds the stack lock while doing so.
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Callable
-
-import redis
+from collections.abc import Callable, Mapping
 
 from llmpulse.devstack.stack.model import (
     SERVICES,
@@ -19,56 +18,49 @@ from llmpulse.devstack.stack.model import (
     StackError,
     print_progress,
 )
-from llmpulse.devstack.stack.paths import Paths, Record, load, locked, save
+from llmpulse.devstack.stack.paths import Paths, Record, load, load_ports, locked, save
 from llmpulse.devstack.stack.probes import PROBE_TIMEOUT, describe, probe, redact
-from llmpulse.devstack.stack.processes import alive, owned, terminate
+from llmpulse.devstack.stack.processes import owned, terminate
 from llmpulse.devstack.stack.services import prepare_and_launch
 from llmpulse.processors.settings import Settings
 
-# How long up() keeps probing a recorded, live service before replacing it.
-_REUSE_GRACE = 15.0
+# How long up() keeps probing a recorded, live service before restarting it: a
+# JVM in a long GC pause or a Kafka recovering its logs is slow, not dead.
+_REUSE_GRACE = 60.0
 
 
 def up(settings: Settings, progress: Callable[[str], None] = print_progress) -> StackEndpoints:
     """Start (or reuse) the local stack and return its endpoints.
 
-    Idempotent: healthy services recorded in ``stack.json`` are reused. Raises
-    :class:`StackError` with a one-line reason when something cannot start.
+    Idempotent: healthy services recorded in ``stack.json`` are reused. Any other
+    local service (never started, stopped by :func:`down` or :func:`stop_service`,
+    crashed, hung, or running another Kafka version) is started on its last ports
+    where they are still free, with its data: only ``down(wipe=True)`` deletes
+    data. Raises :class:`StackError` with a one-line reason when something
+    cannot start.
     """
     paths = Paths.of(settings)
     paths.state.mkdir(parents=True, exist_ok=True)
     with locked(paths.lock_file):
         records = load(paths)
-        plan: dict[ServiceName, dict[str, int] | None] = {}
+        last_ports = load_ports(paths)
+        plan: dict[ServiceName, Mapping[str, int] | None] = {}
         for name in SERVICES:
             ext = _external(settings, name)
             if ext is not None:
                 _check_external(name, ext, progress)
                 continue
             rec = records.get(name)
-            if rec is None:
-                plan[name] = None
-            elif rec.stopped and not owned(rec):
-                plan[name] = rec.ports  # stopped by stop_service(): same ports and data
-            elif owned(rec):
-                if name == "kafka" and rec.version != settings.kafka_version:
-                    progress(
-                        f"kafka: running {rec.version}, wanted {settings.kafka_version}; "
-                        "replacing it"
-                    )
-                    terminate([rec])
-                    plan[name] = None
-                    continue
-                problem = _unhealthy_for(rec, _REUSE_GRACE)
+            if rec is not None and owned(rec):
+                problem = _replace_because(settings, rec)
                 if problem is None:
                     progress(f"{name}: already running on {rec.address} (pid {rec.pid})")
-                else:
-                    progress(f"{name}: pid {rec.pid} is unhealthy ({problem}); restarting fresh")
-                    terminate([rec])
-                    plan[name] = None
-            else:
-                progress(f"{name}: recorded pid {rec.pid} is gone; starting fresh")
-                plan[name] = None
+                    continue
+                progress(f"{name}: pid {rec.pid} {problem}; restarting it with its data")
+                terminate([rec])
+            elif rec is not None and not rec.stopped:
+                progress(f"{name}: recorded pid {rec.pid} is gone; restarting it with its data")
+            plan[name] = rec.ports if rec is not None else last_ports.get(name)
         for name in plan:
             records.pop(name, None)
         save(paths, records)
@@ -77,12 +69,16 @@ def up(settings: Settings, progress: Callable[[str], None] = print_progress) -> 
     return endpoints(settings)
 
 
-def _unhealthy_for(rec: Record, grace: float) -> str | None:
-    """None once ``rec`` answers its health check; the last problem after ``grace`` s.
+def _replace_because(settings: Settings, rec: Record) -> str | None:
+    """Why the running ``rec`` must be restarted, or None to reuse it."""
+    if rec.name == "kafka" and rec.version != settings.kafka_version:
+        return f"runs kafka {rec.version}, wanted {settings.kafka_version}"
+    problem = _unhealthy_for(rec, _REUSE_GRACE)
+    return None if problem is None else f"is not answering ({problem})"
 
-    A busy service (e.g. a JVM in a long GC) gets some slack before ``up()``
-    replaces it, since a fresh Kafka starts with empty data.
-    """
+
+def _unhealthy_for(rec: Record, grace: float) -> str | None:
+    """None once ``rec`` answers its health check; the last problem after ``grace`` s."""
     deadline = time.monotonic() + grace
     while True:
         try:
@@ -120,11 +116,16 @@ def _external(settings: Settings, name: ServiceName) -> str | None:
     return value or None
 
 
-def down(settings: Settings, progress: Callable[[str], None] = print_progress) -> None:
+def down(
+    settings: Settings, progress: Callable[[str], None] = print_progress, *, wipe: bool = False
+) -> None:
     """Stop every local service (SIGTERM, then SIGKILL after a timeout).
 
-    Removes ``stack.json`` and the Prometheus scrape targets; logs and data stay
-    until the next fresh start. External services are left alone.
+    Removes ``stack.json`` and the Prometheus scrape targets. Data, logs and
+    ports stay for the next :func:`up` (Redis writes ``dump.rdb`` on SIGTERM);
+    ``wipe`` also deletes the data and logs of the local services (Kafka's
+    storage, Redis' dump, Prometheus' TSDB, not ClickHouse), so the next
+    :func:`up` starts empty. External services are left alone.
     """
     paths = Paths.of(settings)
     if not paths.state.is_dir():
@@ -143,6 +144,10 @@ def down(settings: Settings, progress: Callable[[str], None] = print_progress) -
             progress(f"stack: stopped {len(live)} service(s) in {time.monotonic() - start:.1f} s")
         else:
             progress("stack: nothing was running")
+        if wipe:
+            for name in SERVICES:
+                shutil.rmtree(paths.service_dir(name), ignore_errors=True)
+            progress(f"stack: deleted the Kafka, Redis and Prometheus data in {paths.state}")
 
 
 def status(settings: Settings) -> dict[str, ServiceStatus]:
@@ -161,7 +166,7 @@ def status(settings: Settings) -> dict[str, ServiceStatus]:
             continue
         rec = records.get(name)
         if rec is None:
-            out[name] = ServiceStatus(name, "stopped", "", None, "not started (llmpulse stack up)")
+            out[name] = ServiceStatus(name, "stopped", "", None, "not running (llmpulse stack up)")
         elif rec.stopped and not owned(rec):
             out[name] = ServiceStatus(
                 name, "stopped", rec.address, None, "stopped by stop_service(); port kept"
@@ -228,35 +233,20 @@ def _local_record(paths: Paths, settings: Settings, name: str) -> tuple[ServiceN
 def stop_service(settings: Settings, name: str, *, graceful: bool = True) -> None:
     """Stop one local service but keep its ports and data, to simulate an outage.
 
-    ``graceful=False`` SIGKILLs it instead (a crash: Redis then loses its data).
-    :func:`start_service` or :func:`up` brings it back on the same port.
+    ``graceful=False`` SIGKILLs it instead (a crash: Redis then loses what it
+    wrote since its last clean shutdown). :func:`start_service` or :func:`up`
+    brings it back on the same port.
     """
     paths = Paths.of(settings)
     with locked(paths.lock_file):
         service, rec = _local_record(paths, settings, name)
         if owned(rec):
-            if service == "redis" and graceful:
-                _redis_shutdown_save(rec)
             terminate([rec], kill_now=not graceful)
         records = load(paths)
         rec.pid = None
         rec.stopped = True
         records[service] = rec
         save(paths, records)
-
-
-def _redis_shutdown_save(rec: Record) -> None:
-    """SHUTDOWN SAVE: write dump.rdb so that start_service() gets the data back."""
-    client = redis.Redis.from_url(rec.url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        client.shutdown(save=True)
-    except redis.RedisError:
-        pass  # already going down; terminate() finishes the job
-    finally:
-        client.close()
-    deadline = time.monotonic() + 10
-    while rec.pid is not None and alive(rec.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def start_service(
@@ -274,7 +264,9 @@ def start_service(
             return
         records = load(paths)
         records.pop(service, None)
-        prepare_and_launch(settings, paths, {service: rec.ports}, records, progress)
+        prepare_and_launch(
+            settings, paths, {service: rec.ports}, records, progress, keep_stopped=True
+        )
         save(paths, records)
 
 

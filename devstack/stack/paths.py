@@ -1,7 +1,10 @@
-"""Where the stack keeps its state, and ``stack.json``: the record of what runs where.
+"""Where the stack keeps its state: ``stack.json`` (what runs where) and ``ports.json``.
 
-Writers take :func:`locked` on :attr:`Paths.lock_file`, so ``up``, ``down`` and
-the outage helpers of several processes never interleave.
+``stack.json`` describes the running stack and goes away with ``stack down``;
+``ports.json`` keeps each service's last ports across ``down``/``up`` so that a
+restarted stack comes back where its clients expect it. Writers take
+:func:`locked` on :attr:`Paths.lock_file`, so ``up``, ``down`` and the outage
+helpers of several processes never interleave.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class Paths:
     @property
     def stack_file(self) -> Path:
         return self.state / "stack.json"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.state / "ports.json"
 
     @property
     def lock_file(self) -> Path:
@@ -138,6 +145,26 @@ def save(paths: Paths, records: Mapping[ServiceName, Record]) -> None:
         doc[keys[name]] = rec.url
     doc["services"] = {name: asdict(rec) for name, rec in records.items()}
     write_atomic(paths.stack_file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    ports = load_ports(paths)
+    ports.update({name: rec.ports for name, rec in records.items()})
+    write_atomic(paths.ports_file, json.dumps(ports, indent=2, sort_keys=True) + "\n")
+
+
+def load_ports(paths: Paths) -> dict[ServiceName, dict[str, int]]:
+    """The last ports of every service ever started in this state dir (kept by ``down``).
+
+    A missing or unreadable ports.json (or entry) is left out: the service then
+    gets new ports.
+    """
+    try:
+        raw = json.loads(paths.ports_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[ServiceName, dict[str, int]] = {}
+    for name in SERVICES:
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            out[name] = {str(k): int(v) for k, v in dict(raw.get(name) or {}).items()}
+    return {name: ports for name, ports in out.items() if ports}
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -19,8 +19,10 @@ from llmpulse.devstack.stack.model import ServiceName, StackError, split_host_po
 from llmpulse.devstack.stack.paths import Record
 from llmpulse.devstack.stack.processes import alive, log_hint, log_tail
 
-#: How long a service may take to answer its health check after being started.
-READY_TIMEOUT: dict[ServiceName, float] = {"kafka": 60.0, "redis": 15.0, "prometheus": 30.0}
+#: How long a service may take to answer its health check after being started. A
+#: Kafka restarted after a crash first recovers its logs, hence the long wait (a
+#: process that exits is reported at once).
+READY_TIMEOUT: dict[ServiceName, float] = {"kafka": 180.0, "redis": 15.0, "prometheus": 30.0}
 #: Single health-check attempt, used by status() and by up() when reusing.
 PROBE_TIMEOUT = 3.0
 

@@ -14,6 +14,9 @@ from pathlib import Path
 from llmpulse.devstack.stack.model import HOST, ServiceName, StackError
 from llmpulse.devstack.stack.paths import Record
 
+# Marks the start of each run in a service log (after "=== <timestamp> ").
+_HEADER = "llmpulse stack: "
+
 # How long SIGTERM may take before SIGKILL.
 _STOP_TIMEOUT: dict[ServiceName, float] = {"kafka": 30.0, "redis": 10.0, "prometheus": 10.0}
 
@@ -22,16 +25,16 @@ _STOP_TIMEOUT: dict[ServiceName, float] = {"kafka": 30.0, "redis": 10.0, "promet
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn(argv: list[str], log: Path, *, truncate: bool, cwd: Path) -> int:
-    """Start ``argv`` in its own session with stdout/stderr to ``log``; return its pid.
+def spawn(argv: list[str], log: Path, *, cwd: Path) -> int:
+    """Start ``argv`` in its own session with stdout/stderr appended to ``log``; return its pid.
 
-    A header line with the command is written first; ``truncate`` starts a new log
-    instead of appending to it.
+    A header line with the command is written first: :func:`log_tail` reads only
+    the latest run, so an error of an earlier run is never reported as today's.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb" if truncate else "ab") as out:
+    with log.open("ab") as out:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        out.write(f"=== {stamp} llmpulse stack: {' '.join(argv)}\n".encode())
+        out.write(f"=== {stamp} {_HEADER}{' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
             argv,
@@ -102,6 +105,8 @@ def terminate(records: list[Record], *, kill_now: bool = False) -> None:
     for rec in live:
         assert rec.pid is not None
         _signal(rec.pid, signal.SIGKILL if kill_now else signal.SIGTERM)
+        # A stopped (SIGSTOP) process would hold SIGTERM pending until the timeout.
+        _signal(rec.pid, signal.SIGCONT)
     start = time.monotonic()
     pending = list(live)
     while pending:
@@ -141,8 +146,37 @@ def free_port() -> int:
             sock.close()
 
 
+# How long a port may stay taken before its service moves: a JVM killed a moment
+# ago holds its sockets until its last thread is gone.
+_PORT_PATIENCE = 5.0
+
+
+def reuse_port(port: int) -> bool:
+    """Whether ``port`` can be bound on loopback (within a few seconds); then it is handed out.
+
+    The check sets ``SO_REUSEADDR`` as Kafka, Redis and Prometheus do, so a port
+    left in TIME_WAIT by the previous run of the same service still counts as free.
+    """
+    deadline = time.monotonic() + _PORT_PATIENCE
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+            else:
+                _HANDED_OUT.add(port)
+                return True
+        time.sleep(0.2)
+
+
 def log_tail(log: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of ``log`` (from its last 64 KiB); "" if unreadable."""
+    """The last ``lines`` lines of the latest run in ``log`` (from its last 64 KiB).
+
+    "" if unreadable.
+    """
     try:
         with log.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -151,7 +185,9 @@ def log_tail(log: Path, lines: int = 40) -> str:
             text = fh.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    run = text.splitlines()
+    starts = [i for i, line in enumerate(run) if line.startswith("=== ") and _HEADER in line]
+    return "\n".join(run[starts[-1] if starts else 0 :][-lines:])
 
 
 def log_hint(log: Path) -> str:

@@ -1,8 +1,10 @@
 """Launching the services: Kafka (KRaft), Redis and Prometheus as plain processes.
 
 :func:`prepare_and_launch` is the one entry point: it installs what is missing,
-starts the planned services on free (or their old) loopback ports and waits
-until each answers its health check.
+starts the planned services on their last loopback ports (new ones where those
+are taken, or for a first start) and waits until each answers its health check.
+A launch never deletes data: Kafka's storage is formatted only when it holds no
+``meta.properties`` yet, Redis loads its ``dump.rdb`` and Prometheus its TSDB.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # Imported as a module (not its names) so that tests can replace processes.free_port.
@@ -49,27 +51,48 @@ def _kafka_cluster_id() -> str:
             return cid
 
 
+def _ports(
+    name: ServiceName,
+    keys: Sequence[str],
+    wanted: Mapping[str, int] | None,
+    progress: Callable[[str], None],
+) -> dict[str, int]:
+    """``wanted`` (the service's last ports) where still free, new free ports otherwise.
+
+    Clients find a moved service through stack.json, but one that keeps its port
+    needs no reconfiguration, so a changed port is announced.
+    """
+    ports: dict[str, int] = {}
+    for key in keys:
+        old = (wanted or {}).get(key)
+        if old is not None and processes.reuse_port(old):
+            ports[key] = old
+            continue
+        ports[key] = processes.free_port()
+        if old is not None:
+            progress(f"{name}: port {old} ({key}) is taken; moving to {ports[key]}")
+    return ports
+
+
 def _launch_kafka(
     settings: Settings,
     paths: Paths,
     libs: Path,
-    ports: dict[str, int] | None,
+    wanted: Mapping[str, int] | None,
     progress: Callable[[str], None],
 ) -> Record:
     java = require_java()
     kdir = paths.service_dir("kafka")
     kdir.mkdir(parents=True, exist_ok=True)
-    fresh = ports is None or not paths.kafka_config.is_file()
-    if fresh or ports is None:
-        ports = {"broker": processes.free_port(), "controller": processes.free_port()}
-        shutil.rmtree(paths.kafka_data, ignore_errors=True)
-        config = template("kafka/server.properties.template").substitute(
-            broker_port=ports["broker"],
-            controller_port=ports["controller"],
-            log_dir=str(paths.kafka_data),
-        )
-        write_atomic(paths.kafka_config, config)
-        shutil.copyfile(OPS_DIR / "kafka" / "log4j2.properties", paths.kafka_log4j)
+    ports = _ports("kafka", ("broker", "controller"), wanted, progress)
+    # Regenerated on every launch: only the ports change, the storage is kept.
+    config = template("kafka/server.properties.template").substitute(
+        broker_port=ports["broker"],
+        controller_port=ports["controller"],
+        log_dir=str(paths.kafka_data),
+    )
+    write_atomic(paths.kafka_config, config)
+    shutil.copyfile(OPS_DIR / "kafka" / "log4j2.properties", paths.kafka_log4j)
     java_cmd = [
         java,
         *_KAFKA_JAVA_OPTS,
@@ -104,9 +127,7 @@ def _launch_kafka(
         f"(controller {HOST}:{ports['controller']})..."
     )
     log = paths.log("kafka")
-    pid = processes.spawn(
-        [*java_cmd, "kafka.Kafka", str(paths.kafka_config)], log, truncate=fresh, cwd=kdir
-    )
+    pid = processes.spawn([*java_cmd, "kafka.Kafka", str(paths.kafka_config)], log, cwd=kdir)
     return Record(
         name="kafka",
         pid=pid,
@@ -120,14 +141,11 @@ def _launch_kafka(
 
 
 def _launch_redis(
-    binary: str, paths: Paths, ports: dict[str, int] | None, progress: Callable[[str], None]
+    binary: str, paths: Paths, wanted: Mapping[str, int] | None, progress: Callable[[str], None]
 ) -> Record:
     rdir = paths.service_dir("redis")
     rdir.mkdir(parents=True, exist_ok=True)
-    fresh = ports is None
-    if ports is None:
-        ports = {"redis": processes.free_port()}
-        (rdir / "dump.rdb").unlink(missing_ok=True)
+    ports = _ports("redis", ("redis",), wanted, progress)
     port = ports["redis"]
     address = f"{HOST}:{port}"
     progress(f"redis: starting on {address}...")
@@ -138,13 +156,14 @@ def _launch_redis(
         "--dir", str(rdir),
         "--dbfilename", "dump.rdb",
         "--save", "",
+        "--shutdown-on-sigterm", "save",
         "--appendonly", "no",
         "--daemonize", "no",
         "--protected-mode", "yes",
         "--logfile", "",
     ]  # fmt: skip
     log = paths.log("redis")
-    pid = processes.spawn(argv, log, truncate=fresh, cwd=rdir)
+    pid = processes.spawn(argv, log, cwd=rdir)
     return Record(
         name="redis",
         pid=pid,
@@ -157,14 +176,11 @@ def _launch_redis(
 
 
 def _launch_prometheus(
-    binary: str, paths: Paths, ports: dict[str, int] | None, progress: Callable[[str], None]
+    binary: str, paths: Paths, wanted: Mapping[str, int] | None, progress: Callable[[str], None]
 ) -> Record:
     pdir = paths.service_dir("prometheus")
     pdir.mkdir(parents=True, exist_ok=True)
-    fresh = ports is None
-    if ports is None:
-        ports = {"http": processes.free_port()}
-        shutil.rmtree(paths.prometheus_data, ignore_errors=True)
+    ports = _ports("prometheus", ("http",), wanted, progress)
     address = f"{HOST}:{ports['http']}"
     ensure_targets_file(paths)
     config = template("prometheus/prometheus.yml.template").substitute(
@@ -183,7 +199,7 @@ def _launch_prometheus(
         "--web.enable-lifecycle",
     ]
     log = paths.log("prometheus")
-    pid = processes.spawn(argv, log, truncate=fresh, cwd=pdir)
+    pid = processes.spawn(argv, log, cwd=pdir)
     return Record(
         name="prometheus",
         pid=pid,
@@ -198,15 +214,19 @@ def _launch_prometheus(
 def prepare_and_launch(
     settings: Settings,
     paths: Paths,
-    plan: Mapping[ServiceName, dict[str, int] | None],
+    plan: Mapping[ServiceName, Mapping[str, int] | None],
     records: dict[ServiceName, Record],
     progress: Callable[[str], None],
+    *,
+    keep_stopped: bool = False,
 ) -> None:
     """Install what is missing, start every planned service, wait until all are ready.
 
-    ``plan`` maps a service to its old ports (restart keeping data) or None (fresh).
-    Each pid is written to stack.json as soon as it exists, so ``down()`` can
-    always clean up; a service that fails to become ready is killed and forgotten.
+    ``plan`` maps a service to the ports it should get back (None: new ports);
+    its data is kept either way. Each pid is written to stack.json as soon as it
+    exists, so ``down()`` can always clean up. A service that fails to become
+    ready is killed and dropped from stack.json, or with ``keep_stopped`` left
+    there as stopped (the outage helpers keep its endpoint reserved).
     """
     if not plan:
         return
@@ -216,7 +236,7 @@ def prepare_and_launch(
         libs = ensure_kafka_jars(settings, paths, progress)
     binaries = ensure_debian_binaries([n for n in plan if n != "kafka"], progress)
 
-    def launch(name: ServiceName, ports: dict[str, int] | None) -> Record:
+    def launch(name: ServiceName, ports: Mapping[str, int] | None) -> Record:
         if name == "kafka":
             assert libs is not None
             rec = _launch_kafka(settings, paths, libs, ports, progress)
@@ -229,24 +249,23 @@ def prepare_and_launch(
         return rec
 
     # Kafka first, so its JVM boots while the others start.
-    launched = [launch(name, _copy(plan[name])) for name in sorted(plan, key=SERVICES.index)]
+    launched = [launch(name, plan[name]) for name in sorted(plan, key=SERVICES.index)]
     for rec in sorted(launched, key=lambda r: READY_TIMEOUT[r.name]):
-        fresh = plan[rec.name] is None
         for attempt in (1, 2):
             try:
                 detail = wait_ready(rec)
                 break
             except StackError:
                 processes.terminate([rec], kill_now=True)
-                if fresh and attempt == 1 and _PORT_CLASH.search(processes.log_tail(Path(rec.log))):
-                    # Another process took the port between our pick and the bind.
+                if attempt == 1 and _PORT_CLASH.search(processes.log_tail(Path(rec.log))):
+                    # Another process took the port between our check and the bind.
                     progress(f"{rec.name}: port {rec.address} was taken; retrying on new ports")
                     rec = launch(rec.name, None)
                     continue
-                if fresh:
-                    del records[rec.name]  # a fresh start failed: forget it
+                if keep_stopped:
+                    rec.pid, rec.stopped = None, True
                 else:
-                    rec.pid, rec.stopped = None, True  # a restart failed: still "stopped"
+                    del records[rec.name]
                 save(paths, records)
                 raise
         took = time.time() - rec.started_at
@@ -254,7 +273,3 @@ def prepare_and_launch(
 
 
 _PORT_CLASH = re.compile(r"address already in use|Failed listening on port", re.IGNORECASE)
-
-
-def _copy(ports: dict[str, int] | None) -> dict[str, int] | None:
-    return dict(ports) if ports is not None else None
