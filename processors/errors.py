@@ -11,6 +11,7 @@ command maps :class:`InputError` to exit code 2 and every other node to 1)::
     │   └── ServiceAddressMissing    a worker got settings without a Kafka or Redis address
     ├── InputError               user input (an argument, a file) is invalid; nothing changed
     │   ├── BillingInputError        a report period or instant is malformed or empty
+    │   ├── BreakerConfigError       the breaker configuration file is missing or invalid
     │   ├── PricingFileError         a prices / chargeback rates / organizations file is invalid
     │   ├── ScenarioError            a simulated fault or error rate is malformed
     │   └── UsageError               a command was called wrongly (``llmpulse.cli.common``)
@@ -20,7 +21,8 @@ command maps :class:`InputError` to exit code 2 and every other node to 1)::
 Where each one is defined: ``ClickHouseConfigError`` in
 ``llmpulse.processors.stream.clickhouse``, ``ServiceAddressMissing`` in
 ``llmpulse.processors.settings``, ``BillingInputError`` in
-``llmpulse.processors.billing.reports``, ``PricingFileError`` in
+``llmpulse.processors.billing.reports``, ``BreakerConfigError`` in
+``llmpulse.processors.breaker.config``, ``PricingFileError`` in
 ``llmpulse.processors.billing.pricing``, ``ScenarioError`` in
 ``llmpulse.devstack.simulate`` and ``StackError`` in ``llmpulse.devstack.stack``.
 The input errors also stay ``ValueError`` and ``ServiceAddressMissing`` stays
