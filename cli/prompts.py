@@ -20,6 +20,7 @@ from llmpulse.cli.common import (
     usage_error,
     with_services,
 )
+from llmpulse.processors.userinput import shorten
 
 if TYPE_CHECKING:
     from llmpulse.processors.settings import Settings
@@ -69,10 +70,12 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     from llmpulse.processors.prompts import ops
     from llmpulse.processors.userinput import read_text
 
+    # Arguments are checked before any service is looked up: bad input exits 2.
     content = args.content
     if args.action == "create" and args.content_file:
-        # Read before any service is looked up: a bad file is bad input (exit 2).
         content = read_text(args.content_file, UsageError)
+    temperature = _decimal(args.temperature, "temperature")
+    weight = _decimal(args.weight, "weight")
     settings = with_services(load_settings())
     if args.action == "compare":
         return _prompts_compare(args, settings)
@@ -99,16 +102,14 @@ def cmd_prompts(args: argparse.Namespace) -> int:
                 version=args.version or (existing.latest + 1 if existing else 1),
                 content=content,
                 system_message=args.system_message,
-                temperature=_decimal(args.temperature, "temperature"),
+                temperature=temperature,
                 max_tokens=args.max_tokens,
                 model=args.model,
                 tags=tuple(args.tag or ()),
             )
             events = plan_create(state, args.name, record)
         elif args.action == "activate":
-            events = plan_activate(
-                state, args.name, _need_version(args), _decimal(args.weight, "weight")
-            )
+            events = plan_activate(state, args.name, _need_version(args), weight)
         else:
             events = plan_deactivate(state, args.name, _need_version(args))
     except RegistryError as exc:
@@ -132,9 +133,9 @@ def _decimal(text: str | None, what: str) -> Decimal | None:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise UsageError(f"{what} {text!r} is not a number") from None
+        raise UsageError(f"{what} {shorten(text)} is not a number") from None
     if not value.is_finite():
-        raise UsageError(f"{what} {text!r} is not a finite number")
+        raise UsageError(f"{what} {shorten(text)} is not a finite number")
     return value
 
 

@@ -344,6 +344,8 @@ def test_bad_periods_and_content_files_are_one_line_and_exit_2(
         ["report", "close", "--period", "{long}"],
         ["pricing", "load", "{long}"],
         ["prompts", "create", "greeting", "--content-file", "{long}"],
+        ["prompts", "activate", "greeting", "--version", "1", "--weight", "{long}"],
+        ["prompts", "create", "greeting", "--content", "c", "--temperature", "{long}"],
     ],
 )
 def test_a_100_kb_argument_is_not_echoed_back(tmp_path: Path, args: list[str]) -> None:

@@ -96,3 +96,15 @@ async def test_an_old_breaker_state_is_read_back_from_the_topic(settings: Settin
     )
     await _produce(settings, BREAKER_STATE, [(b"prov-quiet", encode(snap))])
     assert await breaker_ops.status_from_topic(settings) == [snap]
+
+
+async def test_a_registry_topic_that_does_not_exist_is_one_line(services: Settings) -> None:
+    """``prompts list`` on a cluster without the topics names the fix (it waited 40 s, then
+    printed a traceback)."""
+    bare = services.model_copy(update={"topic_prefix": f"none{uuid.uuid4().hex[:8]}."})
+    done = _cli(bare, "prompts", "list")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"llmpulse: error: topic {bare.topic(PROMPT_VERSIONS)} does not exist: "
+        "create it with `llmpulse topics create`"
+    ]

@@ -8,10 +8,18 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel
 
+from llmpulse.processors.errors import ServiceError
 from llmpulse.processors.settings import ServiceAddressMissing, Settings
 from llmpulse.processors.stream.codec import PoisonEvent, decode
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class TopicMissing(ServiceError):
+    """A topic llmpulse reads does not exist on the cluster (``llmpulse topics create``)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic} does not exist: create it with `llmpulse topics create`")
 
 
 def bootstrap(settings: Settings) -> str:
@@ -65,6 +73,8 @@ async def read_from_start(
     await reader.start()
     events: list[M] = []
     try:
+        if topic not in await reader.topics():
+            raise TopicMissing(topic)  # else the offsets lookup below waits 40 s, then fails
         parts = [TopicPartition(topic, p) for p in range(partitions)]
         reader.assign(parts)
         await reader.seek_to_beginning(*parts)
