@@ -207,3 +207,24 @@ def test_runner_writes_every_section_at_a_tiny_size(services: Settings, tmp_path
     for row in growth:
         # lookup time, sink rate, month and org report times
         assert min(number(row[i]) for i in (1, 3, 5, 6)) > 0
+
+
+@pytest.mark.stack
+def test_soak_runs_every_worker_at_a_tiny_size(services: Settings) -> None:
+    soak = ["--minutes", "0.2", "--rate", "200", "--sample-seconds", "3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.soak", *soak],
+        cwd=ROOT,
+        env=services.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = tables(done.stdout)[0]
+    assert [row[0] for row in rows] == ["sink", "breaker", "prompts"]
+    for _name, warm, last, _growth, peak, behind in rows:
+        assert 0 < number(warm) <= number(peak)
+        assert number(last) <= number(peak)
+        assert number(behind) == 0  # every worker caught up with the 2,400 events
