@@ -143,6 +143,7 @@ class ClickHouseSink(ABC, Generic[P]):
         self._batch_started: float | None = None
         self._partial_written = -float("inf")  # when a batch below max_rows last went
         self._writing: _Write[P] | None = None
+        self._stop = asyncio.Event()  # ``run``'s
         # Partitions revoked since the last fetch: their remaining fetched records are stale.
         self._revoked: set[TopicPartition] = set()
         self._inserts_done = 0
@@ -172,7 +173,7 @@ class ClickHouseSink(ABC, Generic[P]):
     # --- main loop -----------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> SinkStats:
         """Consume until ``stop`` is set (or forever), flushing a final batch on the way out."""
-        stop = stop or asyncio.Event()
+        stop = self._stop = stop or asyncio.Event()
         # aiokafka fetches a partition again only once its fetched records are
         # consumed, and meanwhile long-polls the idle partitions: with one hot
         # partition (outcomes are keyed by provider) every refill waits for that
@@ -210,6 +211,11 @@ class ClickHouseSink(ABC, Generic[P]):
             if self._next_offsets:
                 self._start_write()
                 await self._settle(consumer)
+        except _Stopped:
+            log.warning(
+                "stopped while ClickHouse writes were failing: the batch in flight was not "
+                "written and its offsets are not committed (read again on restart)"
+            )
         finally:
             await self._abandon()
             await producer.stop()
@@ -338,8 +344,10 @@ class ClickHouseSink(ABC, Generic[P]):
             # failure is infrastructure trouble: retry in place, never DLQ.
             self.stats.retries += 1
             metrics.SINK_RETRIES.labels(flow=self.FLOW).inc()
-            log.warning("ClickHouse write failed (retry in %.1fs): %s", delay, error)
+            log.warning("ClickHouse write failed (retry in %.1fs): %s", delay, _brief(error))
             await self._idle(consumer, delay)
+            if self._stop.is_set():
+                raise _Stopped  # SIGTERM while ClickHouse is down: stop, commit nothing
             delay = min(delay * 2, self.settings.sink_retry_max_seconds)
             try:
                 await asyncio.to_thread(self._write_locked, batch)
@@ -364,11 +372,10 @@ class ClickHouseSink(ABC, Generic[P]):
             log.warning("failpoint %s: SIGKILL before committing offsets", self.settings.failpoint)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    @staticmethod
-    async def _idle(consumer: AIOKafkaConsumer, seconds: float) -> None:
-        """Wait while staying in the group: poll with every partition paused."""
+    async def _idle(self, consumer: AIOKafkaConsumer, seconds: float) -> None:
+        """Wait while staying in the group (every partition paused), or until a stop."""
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
             consumer.pause(*consumer.assignment())
             got = await consumer.getmany(timeout_ms=max(1, int(min(left, 1.0) * 1000)))
             for tp, records in got.items():
@@ -401,6 +408,16 @@ def _freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class _Stopped(Exception):
+    """A stop was asked for while a write was being retried (it never landed)."""
+
+
+def _brief(error: Exception, limit: int = 300) -> str:
+    """An error for a log line: a failed query's text can hold the batch's 5,000 ids."""
+    text = str(error)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _source(record: Any) -> SourceRecord:
