@@ -8,9 +8,10 @@ organizations, three operations, stored 10 s after they happened; the
 migrations' materialized view fills ``usage_event_keys`` as the sink's inserts
 do. At each size it measures, as the median of ``--repeat`` runs:
 
-* the usage sink's dedup lookup of 5,000 ids (half stored, half new): the
-  sink's query on ``usage_event_keys``, and the same query on ``usage_events``
-  (what the sink did before migration 0007) for comparison;
+* the usage sink's dedup lookup of 5,000 ids (half stored, half new, other ids
+  in every run, as the sink never looks an id up twice): the sink's query on
+  ``usage_event_keys``, and the same query on ``usage_events`` (what the sink
+  did before migration 0007) for comparison;
 * ``usage_events__allocation`` for one month (2026-06), every organization and
   one organization, and the brute-force query it replaced
   (``tests/billing_reference_allocation.sql``) for comparison; the two must
@@ -54,6 +55,7 @@ from llmpulse.processors.stream.clickhouse import connect, migrate, run_query
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "billing_reference_allocation.sql"
 CHUNK = 5_000_000
+LOOKUP_IDS = 5_000
 MONTHS = 24
 START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN_SECONDS = int((datetime(2027, 1, 1, tzinfo=UTC) - START).total_seconds())
@@ -112,15 +114,36 @@ def _fill(client: Client, first: int, upto: int) -> None:
         progress(f"stored {start + n:,} rows")
 
 
-def _lookup_ids(client: Client, rng: random.Random) -> list[uuid.UUID]:
-    stored = client.query("SELECT event_id FROM usage_event_keys ORDER BY rand() LIMIT 2500")
+def _lookup_id_sets(client: Client, rng: random.Random, repeat: int) -> list[list[uuid.UUID]]:
+    """One set of ids per run, half stored and half new, no id in two sets.
+
+    Repeating one set would measure ClickHouse's caches instead of the lookup:
+    the query condition cache remembers which granules held none of the ids, so
+    a second run of 0007's lookup skipped the reads that its first run made.
+    """
+    half = LOOKUP_IDS // 2
+    stored = client.query(
+        "SELECT event_id FROM usage_event_keys ORDER BY rand() LIMIT {n:UInt32}",
+        parameters={"n": half * repeat},
+    )
     known = [uuid.UUID(str(row[0])) for row in stored.result_rows]
-    fresh = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(5000 - len(known))]
-    return known + fresh
+    sets = []
+    for run in range(repeat):
+        mine = known[run * half : (run + 1) * half]
+        fresh = LOOKUP_IDS - len(mine)
+        sets.append(mine + [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(fresh)])
+    return sets
+
+
+def _median_lookup(client: Client, table: str, id_sets: list[list[uuid.UUID]]) -> float:
+    """Median time of the sink's lookup on ``table``, one id set per run."""
+    runs = iter(id_sets)
+    sql = _LOOKUP.replace("usage_event_keys", table)
+    return _median_seconds(lambda: client.query(sql, parameters={"ids": next(runs)}), len(id_sets))
 
 
 def measure(client: Client, repeat: int, rng: random.Random, total_rows: int) -> dict[str, float]:
-    ids = _lookup_ids(client, rng)
+    id_sets = _lookup_id_sets(client, rng, repeat)
     reference = REFERENCE.read_text()
     params: dict[str, Any] = {
         "start": JUNE[0],
@@ -129,13 +152,8 @@ def measure(client: Client, repeat: int, rng: random.Random, total_rows: int) ->
         "default_rate": Decimal("1.2"),
     }
     figures = {
-        "lookup": _median_seconds(lambda: client.query(_LOOKUP, parameters={"ids": ids}), repeat),
-        "lookup_before": _median_seconds(
-            lambda: client.query(
-                _LOOKUP.replace("usage_event_keys", "usage_events"), parameters={"ids": ids}
-            ),
-            repeat,
-        ),
+        "lookup": _median_lookup(client, "usage_event_keys", id_sets),
+        "lookup_before": _median_lookup(client, "usage_events", id_sets),
     }
     for label, org in (("report_month", ""), ("report_org", "org-7")):
         bound = {**params, "org": org}
@@ -184,7 +202,8 @@ def run(
             progress(f"filling to {size:,} rows")
             _fill(client, rows, size)
             rows = size
-            client.command("OPTIMIZE TABLE usage_event_keys")  # as background merges would
+            # As the background compaction would at a sink's pace (the fill is faster).
+            client.command("OPTIMIZE TABLE usage_event_keys")
             progress(f"measuring at {size:,} rows")
             f = measure(client, repeat, rng, size)
             sink = None

@@ -221,7 +221,7 @@ def _throughput_section(r: Results) -> str:
     rows = []
     breaker_t = r.breaker.throughput if isinstance(r.breaker, BreakerResult) else r.breaker
     for name, t, rss in (
-        ("usage sink → chDB (child process)", r.sink, SINK_RSS_MB),
+        ("usage sink → chDB (worker process)", r.sink, SINK_RSS_MB),
         ("breaker agent (worker process)", breaker_t, WORKER_RSS_MB),
         ("prompt rollup agent (worker process)", r.prompts, WORKER_RSS_MB),
     ):

@@ -5,29 +5,39 @@
 Produces N outcome events to fresh topics on the local stack, then measures
 (1) a bare aiokafka consumer that decodes each event (the ceiling) and (2) the
 usage sink (decode, dedup lookup, insert into embedded chDB, commit) on the
-same events. The sink time runs from its first fetched batch to the moment
-ClickHouse acknowledged the last row. The sink runs in a child process with its
-own chDB folder, so its peak RSS is the sink's alone (not the producer's or
-the bare consumer's).
+same events, run by a real ``llmpulse worker sink`` process with its own chDB
+folder (migrated first by ``llmpulse migrate``): what is measured is what is
+deployed (the worker's four sinks, its allocator settings), and its peak RSS
+(``VmHWM``) is the worker's alone, not the producer's or the bare consumer's.
+The sink's time runs from its first commit to the commit of the last event
+(offsets are committed only after ClickHouse acknowledged the rows), over the
+events committed in between; a batch is at most a quarter of the events, so
+that window spans several batches.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
 from clickhouse_connect.driver.client import Client
 
-from bench.child import in_child
 from bench.common import Rate, bare_consumer_rate, bench_settings, produce_outcomes, progress
 from bench.results import Throughput
+from bench.rss import peak_rss_mb_of
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.sinks.usage import UsageSink
-from llmpulse.processors.stream.clickhouse import connect, migrate
+from llmpulse.processors.sinks.usage import FLOW, UsageSink
+from llmpulse.processors.stream import kafka
+
+#: Seconds without a new commit before the run gives up on the worker.
+STALL_TIMEOUT_S = 120.0
 
 
 async def sink_rate(settings: Settings, client: Client, n: int, batch_rows: int) -> Rate:
@@ -51,24 +61,70 @@ async def sink_rate(settings: Settings, client: Client, n: int, batch_rows: int)
     return Rate(n, elapsed)
 
 
-async def _sink_alone(settings: Settings, n: int, batch_rows: int) -> Rate:
-    """Runs in the child process: a fresh chDB database, then the sink."""
-    client = connect(settings)
-    migrate(client)
-    return await sink_rate(settings, client, n, batch_rows)
+async def worker_rate(settings: Settings, tmp: Path, n: int, batch_rows: int) -> tuple[Rate, float]:
+    """A ``llmpulse worker sink`` process's rate on the ``n`` events waiting, and its peak RSS."""
+    prefix = f"bench-sink-{uuid.uuid4().hex[:6]}"
+    env = settings.child_env(
+        LLMPULSE_STATE_DIR=str(tmp / "state"), LLMPULSE_CONSUMER_GROUP_PREFIX=prefix
+    )
+    llmpulse = [sys.executable, "-m", "llmpulse"]
+    # As deployed: the schema is migrated before the worker starts, by another process.
+    migrated = subprocess.run([*llmpulse, "migrate"], env=env, capture_output=True, text=True)
+    if migrated.returncode:
+        raise RuntimeError(f"llmpulse migrate failed: {migrated.stderr.strip()[-500:]}")
+    command = [*llmpulse, "worker", "sink", f"--batch-rows={batch_rows}"]
+    with (tmp / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        rate = await _committed_rate(settings, f"{prefix}.{FLOW}", n, worker)
+        return rate, peak_rss_mb_of(worker.pid)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # stuck (say, retrying a write): no orphan
+            worker.kill()
+            worker.wait()
+
+
+async def _committed_rate(
+    settings: Settings, group: str, n: int, worker: subprocess.Popen[bytes]
+) -> Rate:
+    """Events/s between ``group``'s first commit and its commit of all ``n`` events."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(settings))
+    await admin.start()
+    try:
+        first: tuple[int, float] | None = None
+        done, moved = 0, time.perf_counter()
+        while done < n:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the sink worker exited with code {worker.returncode}")
+            offsets = await admin.list_consumer_group_offsets(group)
+            now = time.perf_counter()
+            committed = sum(max(0, meta.offset) for meta in offsets.values())
+            if committed > done:
+                done, moved = committed, now
+                first = first or (done, now)
+            elif now - moved > STALL_TIMEOUT_S:
+                raise RuntimeError(f"the sink worker committed nothing for {STALL_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.01)
+        start = first or (0, moved)
+        return Rate(n - start[0], moved - start[1])
+    finally:
+        await admin.close()
 
 
 async def run(events: int = 100_000, batch_rows: int = 5_000) -> Throughput:
     """Bare consumer, then the sink, on the same ``events`` outcome events."""
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
-        base = Settings().model_copy(update={"clickhouse_dsn": f"chdb://{Path(tmp) / 'chdb'}"})
-        settings = await bench_settings(base)
+        settings = await bench_settings(Settings())
         progress(f"producing {events:,} outcome events to {settings.topic_prefix}*")
         await produce_outcomes(settings, events)
         progress("bare aiokafka consumer")
         bare = await bare_consumer_rate(settings, events)
-        progress(f"usage sink (batch {batch_rows:,} rows, child process)")
-        sink, rss = await in_child(_sink_alone, settings, events, batch_rows)
+        batch_rows = min(batch_rows, max(1, events // 4))  # several commits to time
+        progress(f"usage sink (batch {batch_rows:,} rows, llmpulse worker sink)")
+        sink, rss = await worker_rate(settings, Path(tmp), events, batch_rows)
     return Throughput(events, bare.per_second, sink.per_second, rss)
 
 
@@ -81,7 +137,7 @@ def main() -> None:
     print(f"bare aiokafka + decode : {r.bare_per_second:10,.0f} ev/s")
     print(f"usage sink (batch {args.batch_rows:>5}): {r.ours_per_second:10,.0f} ev/s")
     print(f"ratio sink / bare      : {r.ratio:10.2f}")
-    print(f"peak RSS of the sink process: {r.peak_rss_mb:.0f} MB")
+    print(f"peak RSS of the sink worker: {r.peak_rss_mb:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -41,15 +41,30 @@ class Parser(argparse.ArgumentParser):
 
 
 def load_settings() -> Settings:
-    """The validated ``Settings``; a bad ``LLMPULSE_*`` value raises a ``UsageError`` naming it."""
-    from llmpulse.processors.settings import Settings
+    """The validated ``Settings``; a bad ``LLMPULSE_*`` value raises a ``UsageError`` naming it.
+
+    The message never repeats the value (it may hold a password, or be huge).
+    """
+    from pydantic_settings import SettingsError
+
+    from llmpulse.processors.settings import PREFIX, Settings
 
     try:
         return Settings()
     except ValidationError as exc:
         first = exc.errors(include_input=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"invalid setting LLMPULSE_{field.upper()}: {first['msg']}") from None
+        field, *item = first["loc"]
+        where = f"item {item[0]}: " if item else ""
+        message = first["msg"].removeprefix("Value error, ")
+        raise UsageError(
+            f"invalid setting {PREFIX}{str(field).upper()}: {where}{message}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"cannot read .env: not UTF-8 (invalid byte at offset {exc.start})"
+        ) from None
+    except SettingsError as exc:
+        raise UsageError(f"invalid settings: {exc}") from None
 
 
 def with_services(settings: Settings) -> Settings:

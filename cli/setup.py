@@ -10,7 +10,11 @@ from llmpulse.cli.common import EXIT_OK, SubParsers, load_settings, with_service
 
 def add_parser(sub: SubParsers) -> None:
     """Add ``topics create`` and ``migrate``."""
-    p = sub.add_parser("topics", help="create every topic and its DLQ with their configuration")
+    p = sub.add_parser(
+        "topics",
+        help="create every topic and its DLQ with their configuration; check the existing "
+        "ones (exit 2 naming a topic whose partitions, cleanup policy or retention differ)",
+    )
     p.add_argument("action", choices=("create",))
     p.set_defaults(func=cmd_topics)
 
@@ -19,7 +23,11 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    """Create every topic and its DLQ; one line per topic with its status."""
+    """Create every missing topic and check the existing ones; one line per topic.
+
+    A mismatched existing topic raises ``TopicMismatch`` (an input error, exit
+    2) naming the topic, the expected and the actual value.
+    """
     from llmpulse.processors.stream.topics import create_topics
 
     for result in asyncio.run(create_topics(with_services(load_settings()))):

@@ -60,6 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from llmpulse.processors.sinks import build_sinks
     from llmpulse.processors.stream.clickhouse import connect
     from llmpulse.processors.stream.metrics import serve
+    from llmpulse.processors.stream.topics import check_copartitioned
 
     settings = load_settings()
     batching = [
@@ -69,7 +70,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if batching and args.flow not in ("sink", "all"):
         raise UsageError("--batch-rows and --batch-seconds apply to the sink worker only")
+    if args.flow in ("breaker", "all"):
+        from llmpulse.processors.breaker.config import BreakerConfigs
+
+        BreakerConfigs.load(settings.breaker_config_file)  # bad input first, before any service
     settings = with_services(settings)
+    # Before anything is served: a mismatch is the only line on stderr (exit 2).
+    check_copartitioned(settings, worker_flows() if args.flow == "all" else (args.flow,))
     if args.flow == "all":
         from llmpulse.processors import supervisor
 

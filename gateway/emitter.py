@@ -43,7 +43,10 @@ unsynced tail of the current segment. A graceful :meth:`EventEmitter.close`
 loses nothing: what Kafka did not acknowledge within the time bound is spooled.
 The one other loss is a local disk that refuses the spool write (full, read
 only): such events are logged at ERROR level and counted in
-:attr:`EventEmitter.dropped`.
+:attr:`EventEmitter.dropped` (and ``llmpulse_gateway_dropped_events_total``).
+The counters match the disk: an event counts as spooled iff its line is in the
+spool, as dropped iff not (a full disk can take part of a batch: the whole
+lines it took stay, a partial line is cut off, an empty segment removed).
 
 Not thread-safe: call :meth:`EventEmitter.emit` from the event loop's thread.
 """
@@ -64,10 +67,16 @@ from typing import Any, Self, TypeAlias
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
+from prometheus_client import Counter
 
 from llmpulse.gateway.config import GatewayConfig
 from llmpulse.gateway.exceptions import EmitterClosed, EmitterError
-from llmpulse.gateway.metrics import EMIT_QUEUE_DEPTH, EVENTS_REPLAYED, EVENTS_SPOOLED
+from llmpulse.gateway.metrics import (
+    EMIT_QUEUE_DEPTH,
+    EVENTS_DROPPED,
+    EVENTS_REPLAYED,
+    EVENTS_SPOOLED,
+)
 from llmpulse.gateway.spool import Spool, SpoolRecord, read_segment
 from llmpulse.schemas.events import Feedback, LLMOutcome, LLMRequest
 from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, REQUESTS, TopicSpec, topic_spec
@@ -192,7 +201,10 @@ class EventEmitter:
 
     @property
     def spooled(self) -> int:
-        """Spool writes of events (a replay record re-spooled after a failure counts again)."""
+        """Events written to the spool (a replay record re-spooled after a failure counts again).
+
+        Counted only once the event's line is on disk (see :attr:`dropped`).
+        """
         return self._spooled
 
     @property
@@ -506,19 +518,33 @@ class EventEmitter:
         self._spool_write(records)
 
     def _spool_write(self, records: Sequence[SpoolRecord]) -> None:
+        """Spool ``records``; what the disk refuses is counted dropped, the rest spooled.
+
+        The counters match the disk: an event counts as spooled iff its line is
+        in the spool (a full disk can take a prefix of a batch).
+        """
         if not records:
             return
         try:
-            self._spool.append(records)
+            written = self._spool.append(records)  # logs the disk's error itself
         except Exception:
-            self._dropped += len(records)
-            log.exception("could not write %d events to the spool: events lost", len(records))
-            return
-        self._spooled += len(records)
+            written = 0
+            log.exception("could not write to the spool")
+        if written < len(records):
+            log.error(
+                "%d of %d events not spooled: events lost", len(records) - written, len(records)
+            )
+        self._count(records[:written], EVENTS_SPOOLED)
+        self._count(records[written:], EVENTS_DROPPED)
+        self._spooled += written
+        self._dropped += len(records) - written
+        if written:
+            # Also a full queue spills here while Kafka is fine: replay it soon.
+            self._kick_recovery()
+
+    def _count(self, records: Sequence[SpoolRecord], counter: Counter) -> None:
         for topic, count in _by_topic(records).items():
-            EVENTS_SPOOLED.labels(topic=self._label(topic)).inc(count)
-        # Also a full queue spills here while Kafka is fine: replay it soon.
-        self._kick_recovery()
+            counter.labels(topic=self._label(topic)).inc(count)
 
     def _label(self, topic: str) -> str:
         # The registry name, as at every other hop: prefixes would make labels unbounded.
@@ -628,8 +654,7 @@ class EventEmitter:
         if batch is None:
             return True
         acked = [r for r, f in zip(batch.records, batch.futures, strict=False) if _acked(f)]
-        for topic, count in _by_topic(acked).items():
-            EVENTS_REPLAYED.labels(topic=self._label(topic)).inc(count)
+        self._count(acked, EVENTS_REPLAYED)
         self._replayed += len(acked)
         if len(acked) == len(batch.records):
             self._spool.advance(batch.segment, batch.end, len(acked))

@@ -9,6 +9,11 @@ EVENTS_SPOOLED = Counter(
     "Events written to the local disk spool because Kafka could not take them.",
     ["topic"],
 )
+EVENTS_DROPPED = Counter(
+    "llmpulse_gateway_dropped_events_total",
+    "Events lost because the local disk refused the spool write (full, read only).",
+    ["topic"],
+)
 EVENTS_REPLAYED = Counter(
     "llmpulse_gateway_replayed_events_total",
     "Spooled events acknowledged by Kafka after replay.",

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -133,7 +134,7 @@ def _count_lines(path: Path, offset: int) -> int:
 @dataclass
 class _Active:
     path: Path
-    fh: IO[bytes]
+    fh: FileIO
     size: int = 0
     lines: int = 0
 
@@ -198,59 +199,99 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, records: Sequence[SpoolRecord]) -> None:
-        """Append ``records`` to the current segment and flush them to the OS.
+    def append(self, records: Sequence[SpoolRecord]) -> int:
+        """Append ``records`` to the current segment and hand them to the OS.
 
-        Raises ``OSError`` when the disk refuses the write; the records that did
-        make it to disk stay in the spool, and the segment is closed so a later
-        append never continues a partial line.
+        Returns how many of ``records`` are on disk: all of them, or when the
+        disk refuses a write (full, read only; logged at ERROR level) the ones
+        before it, whole lines only, and the rest are not on disk at all. A
+        partially written line is cut off and a segment left without a line is
+        removed, so the disk holds exactly the records counted in
+        :meth:`pending`; the segment is closed, so a later append never
+        continues after a failed write.
         """
         if self._lock is None:
             raise RuntimeError("spool is closed")
-        if not records:
-            return
         lines = [r.to_line() for r in records]
         i = 0
-        while i < len(lines):
-            active = self._active or self._open_segment()
-            # As many lines as the segment's record and byte limits allow (at least one).
-            chunk: list[bytes] = []
-            size = active.size
-            for line in lines[i : i + self._max_records - active.lines]:
-                if (chunk or active.lines) and size + len(line) > self._max_bytes:
-                    break
-                chunk.append(line)
-                size += len(line)
-            if chunk:
-                self._write(active, chunk)
-                i += len(chunk)
-            if not chunk or active.size >= self._max_bytes or active.lines >= self._max_records:
-                self.seal()
-
-    def _write(self, active: _Active, lines: list[bytes]) -> None:
-        data = b"".join(lines)
         try:
-            active.fh.write(data)
-            active.fh.flush()
-        except OSError:
-            # Never write after a failed write (the next line would continue a partial
-            # one): drop this segment as it is; lines that reached the disk still count.
-            self._active = None
-            with contextlib.suppress(OSError):
-                active.fh.close()
-            with contextlib.suppress(OSError):
-                written = _count_lines(active.path, 0) - active.lines
-                self._counts[active.path] += max(0, written)
-            raise
+            while i < len(lines):
+                active = self._active or self._open_segment()
+                # As many lines as the segment's record and byte limits allow (at least one).
+                chunk: list[bytes] = []
+                size = active.size
+                for line in lines[i : i + self._max_records - active.lines]:
+                    if (chunk or active.lines) and size + len(line) > self._max_bytes:
+                        break
+                    chunk.append(line)
+                    size += len(line)
+                if chunk:
+                    written = self._write(active, chunk)
+                    i += written
+                    if written < len(chunk):
+                        return i
+                if not chunk or active.size >= self._max_bytes or active.lines >= self._max_records:
+                    self.seal()
+        except OSError as exc:
+            # Opening or sealing a segment failed: the records before are on disk
+            # (counted by _write), a failed rotation does not take them back.
+            log.error("spool %s: could not open or seal a segment: %s", self.directory, exc)
+        return i
+
+    def _write(self, active: _Active, lines: list[bytes]) -> int:
+        """Write ``lines`` to ``active``; returns how many are on disk (fewer: it failed)."""
+        data = b"".join(lines)
+        done = 0
+        try:
+            while done < len(data):
+                # Unbuffered: a short write tells exactly how many bytes the disk took.
+                done += active.fh.write(memoryview(data)[done:])
+        except OSError as exc:
+            whole = data.count(b"\n", 0, done)
+            log.error(
+                "spool %s: the disk refused a write (%s); %d of its %d lines kept",
+                active.path.name,
+                exc,
+                whole,
+                len(lines),
+            )
+            self._abandon(active, whole, sum(map(len, lines[:whole])))
+            return whole
         active.size += len(data)
         active.lines += len(lines)
         self._counts[active.path] += len(lines)
+        return len(lines)
+
+    def _abandon(self, active: _Active, lines: int, size: int) -> None:
+        """Close ``active`` after a failed write that left ``lines`` whole lines (``size`` bytes).
+
+        Never written again (the next line would continue a partial one): the
+        partial line is cut off, and a segment with no line at all is removed.
+        """
+        self._active = None
+        active.lines += lines
+        active.size += size
+        self._counts[active.path] += lines
+        try:
+            active.fh.truncate(active.size)
+            os.fsync(active.fh.fileno())
+        except OSError as exc:
+            # Replay skips a partial last line anyway (read_segment); only log it.
+            log.warning(
+                "spool %s: could not cut off a partial line or sync: %s", active.path.name, exc
+            )
+        with contextlib.suppress(OSError):
+            active.fh.close()
+        if not active.lines:
+            self._counts.pop(active.path, None)
+            with contextlib.suppress(OSError):
+                active.path.unlink()
 
     def _open_segment(self) -> _Active:
         path = self.directory / f"{self._next_seq:012d}{_SEGMENT_SUFFIX}"
         self._next_seq += 1
         # "xb": a segment name is never reused, even if an old file were left over.
-        self._active = _Active(path, path.open("xb"))
+        self._active = _Active(path, FileIO(path, "xb"))
         self._counts[path] = 0
         return self._active
 

@@ -14,9 +14,11 @@ command maps :class:`InputError` to exit code 2 and every other node to 1)::
     │   ├── BreakerConfigError       the breaker configuration file is missing or invalid
     │   ├── PricingFileError         a prices / chargeback rates / organizations file is invalid
     │   ├── ScenarioError            a simulated fault or error rate is malformed
+    │   ├── TopicMismatch            an existing Kafka topic differs from the registry
     │   └── UsageError               a command was called wrongly (``llmpulse.cli.common``)
     └── ServiceError             a service is missing, unreachable or would not start
-        └── StackError               a local stack operation (up, down, endpoints) failed
+        ├── StackError               a local stack operation (up, down, endpoints) failed
+        └── TopicMissing             a topic llmpulse reads does not exist on the cluster
 
 Where each one is defined: ``ClickHouseConfigError`` in
 ``llmpulse.processors.stream.clickhouse``, ``ServiceAddressMissing`` in
@@ -24,7 +26,9 @@ Where each one is defined: ``ClickHouseConfigError`` in
 ``llmpulse.processors.billing.reports``, ``BreakerConfigError`` in
 ``llmpulse.processors.breaker.config``, ``PricingFileError`` in
 ``llmpulse.processors.billing.pricing``, ``ScenarioError`` in
-``llmpulse.devstack.simulate`` and ``StackError`` in ``llmpulse.devstack.stack``.
+``llmpulse.devstack.simulate``, ``StackError`` in ``llmpulse.devstack.stack``,
+``TopicMismatch`` in ``llmpulse.processors.stream.topics`` and ``TopicMissing`` in
+``llmpulse.processors.stream.kafka``.
 The input errors also stay ``ValueError`` and ``ServiceAddressMissing`` stays
 ``RuntimeError``, so older ``except`` clauses keep working.
 

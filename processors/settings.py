@@ -3,21 +3,51 @@
 Every value comes from an ``LLMPULSE_*`` environment variable or a ``.env`` file,
 is validated once here, and is then passed down explicitly. No other module
 reads ``os.environ``; the Faust app is created with ``env={}`` for the same reason.
+
+Every value is bounded when it loads (a number to a finite, sane range, a
+duration so that ``now`` plus or minus it is a date, an address to its shape),
+so a typo fails the command at once, naming the variable, instead of crashing a
+worker later. The ``.env`` file is shared with other tools (Docker Compose reads
+it too): names that are not ``LLMPULSE_*`` are left alone, and an unknown
+``LLMPULSE_*`` name, there or in the environment, is a warning (a typo of a
+real name would otherwise be silently ignored).
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from llmpulse.processors import addresses
 from llmpulse.processors.errors import ConfigError
 from llmpulse.schemas.events import EventTimeBounds
+
+log = logging.getLogger(__name__)
+
+PREFIX = "LLMPULSE_"
+#: ``LLMPULSE_GATEWAY_*`` belong to the gateway SDK, which validates them itself
+#: (``llmpulse.gateway.config``); they are neither read nor warned about here.
+GATEWAY_PREFIX = "LLMPULSE_GATEWAY_"
+
+#: A rollup window: whole seconds, from one second to one day (a JSON ``60.0`` or
+#: ``true`` is refused, not rounded).
+WindowSeconds = Annotated[int, Field(strict=True, ge=1, le=86_400)]
 
 
 class ServiceAddressMissing(ConfigError, RuntimeError):
@@ -44,7 +74,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="LLMPULSE_", env_file=".env", extra="forbid", frozen=True
+        env_prefix=PREFIX, env_file=".env", extra="forbid", frozen=True, allow_inf_nan=False
     )
 
     # --- where things live -------------------------------------------------
@@ -58,11 +88,16 @@ class Settings(BaseSettings):
     )
 
     # --- services (empty = local stack) ------------------------------------
-    kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]")
-    redis_url: str | None = Field(default=None, description="redis://host:port/db")
-    prometheus_url: str | None = Field(default=None, description="http://host:port")
+    kafka_bootstrap: str | None = Field(
+        default=None, max_length=4096, description="host:port[,host:port]"
+    )
+    redis_url: str | None = Field(default=None, max_length=4096, description="redis://host:port/db")
+    prometheus_url: str | None = Field(
+        default=None, max_length=4096, description="http://host:port"
+    )
     clickhouse_dsn: str | None = Field(
         default=None,
+        max_length=4096,
         description="chdb:///path (embedded, default <state_dir>/chdb) or http(s)://user:pw@host:port/db",
     )
     kafka_version: str = Field(default="4.1.1", pattern=r"^4\.\d+\.\d+$")
@@ -72,25 +107,39 @@ class Settings(BaseSettings):
     )
 
     # --- topics ----------------------------------------------------------------
+    # At most 100 characters: Kafka refuses topic names over 249, and the longest
+    # name built on the prefix (a table changelog's) adds about 50.
     topic_prefix: str = Field(
-        default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prepended to every topic name."
+        default="",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prepended to every topic name.",
     )
-    topic_replication: int = Field(default=1, ge=1)
+    topic_replication: int = Field(default=1, ge=1, le=32_767)  # Kafka's int16
 
     # --- validation --------------------------------------------------------------
-    event_max_past: timedelta = Field(default=timedelta(days=400))
-    event_max_future: timedelta = Field(default=timedelta(minutes=5))
+    # Bounded so that ``now`` minus / plus them stays a date (an overflow would
+    # crash the decoder instead of dead-lettering the event).
+    event_max_past: timedelta = Field(
+        default=timedelta(days=400), gt=timedelta(0), le=timedelta(days=3660)
+    )
+    event_max_future: timedelta = Field(
+        default=timedelta(minutes=5), ge=timedelta(0), le=timedelta(days=1)
+    )
     dlq_max_consecutive: int = Field(
         default=1000,
         ge=1,
+        le=1_000_000_000,
         description="Consecutive poison messages on one partition that stop the worker.",
     )
 
     # --- usage sink --------------------------------------------------------------
-    consumer_group_prefix: str = Field(default="llmpulse", pattern=r"^[A-Za-z0-9._-]+$")
+    consumer_group_prefix: str = Field(
+        default="llmpulse", max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     sink_batch_max_rows: int = Field(default=5000, ge=1, le=1_000_000)
-    sink_batch_max_seconds: float = Field(default=1.0, gt=0, le=60)
-    sink_retry_max_seconds: float = Field(default=10.0, gt=0)
+    sink_batch_max_seconds: float = Field(default=1.0, ge=0.01, le=60)
+    sink_retry_max_seconds: float = Field(default=10.0, ge=0.01, le=600)
 
     # --- billing -------------------------------------------------------------------
     chargeback_default_rate: Decimal = Field(
@@ -103,7 +152,7 @@ class Settings(BaseSettings):
 
     failpoint: str = Field(
         default="",
-        pattern=r"^(|sink\.kill_after_insert:\d+)$",
+        pattern=r"^(|sink\.kill_after_insert:\d{1,9})$",
         description="Test-only fault injection, e.g. sink.kill_after_insert:3 (SIGKILL after "
         "the 3rd acknowledged insert, before its offsets are committed).",
     )
@@ -112,33 +161,81 @@ class Settings(BaseSettings):
     breaker_config_file: Path | None = Field(
         default=None, description="YAML with per-provider breaker settings (see README)."
     )
-    breaker_tick_seconds: float = Field(default=0.5, gt=0, le=10)
-    breaker_permit_ttl_seconds: float = Field(
-        default=30.0, gt=0, description="Expiry of a half-open probe permit not released."
-    )
+    breaker_tick_seconds: float = Field(default=0.5, ge=0.01, le=10)
 
     # --- prompt performance ------------------------------------------------------------
-    prompt_windows: list[int] = Field(
-        default=[60, 3600], min_length=1, description="Tumbling window sizes in seconds."
+    prompt_windows: list[WindowSeconds] = Field(
+        default=[60, 3600],
+        min_length=1,
+        max_length=10,
+        description="Tumbling window sizes in seconds (a JSON list of distinct whole seconds).",
     )
     prompt_window_grace_seconds: float = Field(
-        default=10.0, ge=0, description="Wait after a window ends before closing it."
+        default=10.0, ge=0, le=3600, description="Wait after a window ends before closing it."
     )
     prompt_partial_retention_seconds: float = Field(
         default=600.0,
         gt=60,
+        le=86_400,
         description="How long a closed window's state is kept after it closed.",
     )
 
     # --- metrics -----------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
-    metrics_org_label_limit: int = Field(default=50, ge=0)
+    metrics_org_label_limit: int = Field(default=50, ge=0, le=10_000)
 
-    @model_validator(mode="after")
-    def _bounds_positive(self) -> Settings:
-        if self.event_max_past <= timedelta(0) or self.event_max_future < timedelta(0):
-            raise ValueError("event_max_past must be > 0 and event_max_future >= 0")
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The default sources, with the environment and ``.env`` read by ``_EnvNames``."""
+        env_file = getattr(dotenv_settings, "env_file", cls.model_config.get("env_file"))
+        return (
+            init_settings,
+            _EnvNames(settings_cls),
+            _DotEnvNames(settings_cls, env_file=env_file),
+            file_secret_settings,
+        )
+
+    @field_validator("prompt_windows", mode="before")
+    @classmethod
+    def _windows_json(cls, value: Any) -> Any:
+        # A string here is a value that was not JSON (``_EnvNames`` passes it on).
+        if isinstance(value, str):
+            raise ValueError("not a JSON list of whole seconds, e.g. [60, 3600]")
+        return value
+
+    @field_validator("prompt_windows")
+    @classmethod
+    def _windows_distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("window sizes must be distinct")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _kafka_bootstrap(cls, value: str | None) -> str | None:
+        return value and addresses.kafka_bootstrap(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return value and addresses.redis_url(value)
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus_url(cls, value: str | None) -> str | None:
+        return value and addresses.prometheus_url(value)
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _clickhouse_dsn(cls, value: str | None) -> str | None:
+        return value and addresses.clickhouse_dsn(value)
 
     @property
     def chdb_dir(self) -> Path:
@@ -177,3 +274,52 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Qualified topic name for a registry name (applies ``topic_prefix``)."""
         return f"{self.topic_prefix}{name}"
+
+
+class _EnvNames(EnvSettingsSource):
+    """The environment as pydantic-settings reads it, plus two guards.
+
+    A value of a list setting that is not JSON reaches validation as it is (a
+    ``ValidationError`` naming the variable) instead of pydantic-settings'
+    ``SettingsError``; every unknown ``LLMPULSE_*`` name is logged as a warning.
+    """
+
+    where = "the environment"
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+    def __call__(self) -> dict[str, Any]:
+        for name, hint in unknown_names(self.env_vars):
+            also = f"; did you mean {hint}?" if hint else ""
+            log.warning("unknown setting %s in %s is ignored%s", name, self.where, also)
+        return super().__call__()
+
+
+class _DotEnvNames(_EnvNames, DotEnvSettingsSource):
+    """``.env`` values of ``Settings`` fields only: other tools' names in the file are ignored."""
+
+    where = ".env"
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {name: value for name, value in super().__call__().items() if name in fields}
+
+
+def unknown_names(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """``(NAME, closest known name or None)`` of each ``LLMPULSE_*`` name no setting has.
+
+    Case-insensitive, as the settings are read; ``LLMPULSE_GATEWAY_*`` are the
+    gateway's.
+    """
+    known = [field.upper() for field in Settings.model_fields]
+    unknown = []
+    for name in sorted({n.upper() for n in names}):
+        rest = name.removeprefix(PREFIX)
+        if name.startswith(PREFIX) and not name.startswith(GATEWAY_PREFIX) and rest not in known:
+            close = difflib.get_close_matches(rest, known, n=1, cutoff=0.75)
+            unknown.append((name, f"{PREFIX}{close[0]}" if close else None))
+    return unknown

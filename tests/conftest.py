@@ -11,10 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from hypothesis import settings as hypothesis_settings
 
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import clickhouse
 from tests.harness import running_services, with_unique_topics
+
+# No test asserts on time: a property test's examples may take as long as the machine needs.
+hypothesis_settings.register_profile("llmpulse", deadline=None)
+hypothesis_settings.load_profile("llmpulse")
 
 # pytester: tests/test_tiers.py runs small suites through the tiers plugin.
 pytest_plugins = ["pytester", "tests.tiers"]

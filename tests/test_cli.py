@@ -12,11 +12,14 @@ import pytest
 from llmpulse.cli import build_parser, main
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``llmpulse ARGS`` in ``tmp_path`` (its ``.env``) with only the ``LLMPULSE_*`` given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
     env["LLMPULSE_STATE_DIR"] = str(tmp_path / "state")
+    env.update(settings)
     return subprocess.run(
         [sys.executable, "-m", "llmpulse", *args],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -113,28 +116,77 @@ def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
     assert main(["migrate"]) == 2
 
 
-@pytest.mark.chdb  # the subprocesses use chDB
-def test_pricing_load_and_report_roundtrip(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[1] / "examples" / "pricing.yaml"
-    assert _run(tmp_path, "migrate").returncode == 0
-    loaded = _run(tmp_path, "pricing", "load", str(example))
-    assert loaded.returncode == 0, loaded.stderr
-    assert "prices" in loaded.stdout
-    out = tmp_path / "r.csv"
-    report = _run(
-        tmp_path,
-        "report",
-        "costs",
-        "--start",
-        "2026-03-01",
-        "--end",
-        "2026-04-01",
-        "--format",
-        "csv",
-        "--output",
-        str(out),
+_EXAMPLE_PRICES = str(Path(__file__).resolve().parents[1] / "examples" / "pricing.yaml")
+
+#: A command of each group that loads settings (``demo`` and ``simulate`` load them
+#: through the same ``load_settings``; were that broken, they would start a stack).
+_LOADING_SETTINGS = [
+    ["migrate"],
+    ["topics", "create"],
+    ["stack", "status"],
+    ["worker", "prompts"],
+    ["worker", "all"],
+    ["breaker", "status"],
+    ["prompts", "list"],
+    ["report", "costs", "--start", "2026-03-01", "--end", "2026-04-01"],
+    ["pricing", "load", _EXAMPLE_PRICES],
+]
+
+
+@pytest.mark.parametrize("args", _LOADING_SETTINGS)
+def test_every_command_refuses_a_bad_setting_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    # [0] made the prompts worker raise ZeroDivisionError on every event (issue 13 item 4).
+    result = _run(tmp_path, *args, LLMPULSE_PROMPT_WINDOWS="[0]")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("llmpulse: error: invalid setting LLMPULSE_PROMPT_WINDOWS: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLMPULSE_PROMPT_WINDOWS", "notjson"),  # a SettingsError traceback before
+        ("LLMPULSE_CLICKHOUSE_DSN", "ftp://x"),  # exit 1 at the first connect before
+        ("LLMPULSE_CLICKHOUSE_DSN", "chdb://relative/x"),  # chDB database "x" in folder "relative"
+        ("LLMPULSE_EVENT_MAX_FUTURE", "P100000000D"),  # OverflowError in the decoder before
+        ("LLMPULSE_SINK_RETRY_MAX_SECONDS", "inf"),
+    ],
+)
+def test_bad_setting_exits_2_in_one_line(tmp_path: Path, name: str, value: str) -> None:
+    result = _run(tmp_path, "migrate", **{name: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"llmpulse: error: invalid setting {name}: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_chdb_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = _run(tmp_path, "migrate", LLMPULSE_CLICKHOUSE_DSN=f"chdb://{tmp_path}/afile/db")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("llmpulse: error: cannot create the chDB folder"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bad_setting_value_is_never_echoed(tmp_path: Path) -> None:
+    result = _run(
+        tmp_path, "migrate", LLMPULSE_CLICKHOUSE_DSN="http://u:hunter2@h:0/" + "d" * 100_000
     )
-    assert report.returncode == 0, report.stderr
-    header, total = out.read_text().splitlines()
-    assert header.startswith("organization_id,organization_name,line,completion_requests")
-    assert total.startswith("TOTAL,,,0,0,0.000000000")
+    assert result.returncode == 2, result.stderr[:300]
+    assert "hunter2" not in result.stderr
+    assert len(result.stderr) < 200, result.stderr[:300]
+
+
+def test_dotenv_of_another_tool_is_ignored_and_typos_warned(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "DATABASE_URL=postgres://u:p@db/app\nLLMPULSE_SINK_BATCH_MAX_ROW=10\n"
+    )
+    result = _run(tmp_path, "stack", "status")  # no stack here: it reports each service stopped
+    assert "invalid setting" not in result.stderr
+    assert "not running" in result.stdout, result.stderr
+    warning = (
+        "unknown setting LLMPULSE_SINK_BATCH_MAX_ROW in .env is ignored; "
+        "did you mean LLMPULSE_SINK_BATCH_MAX_ROWS?"
+    )
+    assert warning in result.stderr
+    assert "DATABASE_URL" not in result.stderr

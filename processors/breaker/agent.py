@@ -214,8 +214,11 @@ class BreakerService:
 
     def _published_one(self, task: asyncio.Future[None]) -> None:
         self._publishing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("publishing a breaker transition failed", exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Redis and broker errors are retried inside ``_publish``: what reaches here
+            # is a bug, and a worker must not run on without publishing (exit 1).
+            log.error("publishing a breaker transition failed", exc_info=exc)
+            self._background(self.app.crash(exc))
 
     async def _after_outcome(
         self,

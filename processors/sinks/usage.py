@@ -40,8 +40,8 @@ from llmpulse.schemas.events import LLMOutcome
 from llmpulse.schemas.topics import OUTCOMES
 
 FLOW = "usage_events"
-#: Stored ids and payload hashes, from the table sorted by event_id (migration 0007):
-#: one small granule per id, so the lookup stays flat as usage_events grows.
+#: Stored ids and payload hashes, from the key-value table of migration 0009: a
+#: multi-get, one point read per id, so the lookup stays flat as usage_events grows.
 _LOOKUP = "SELECT event_id, payload_hash FROM usage_event_keys WHERE event_id IN {ids:Array(UUID)}"
 _LOOKUP_CHUNK = 10_000
 #: One batch's lookup and insert are small: more threads only add scheduling work on

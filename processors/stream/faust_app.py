@@ -338,6 +338,12 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
 def run(app: faust.App) -> None:
     """Run ``app`` in a Faust worker until SIGINT/SIGTERM (the worker owns the event loop).
 
+    An exception escaping an ``app.task``, an ``app.timer`` or the batch path
+    (``BatchSource.batch``, through ``ChangelogFirstConsumer``) crashes the app;
+    the worker then stops and exits with code 1 (``SystemExit`` from mode's
+    ``exiting``), so its supervisor restarts it instead of a process that stays
+    up doing nothing. Errors a worker must survive are handled where they occur.
+
     Without its terminal spinner: Faust sets the root logger to DEBUG for it,
     so every debug call in Faust and aiokafka built a log record per message
     (about 8% of the rollup worker's CPU).
