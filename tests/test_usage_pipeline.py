@@ -135,3 +135,57 @@ async def test_consecutive_poison_limit_stops_the_worker(settings: Settings, ch:
     assert sink.stats.dead_lettered == 6
     dlq = await read_all(limited, limited.topic(topic_spec(OUTCOMES).dlq), expected=6)
     assert len(dlq) == 6  # the message that tripped the limit is in the DLQ too
+
+
+async def test_events_deleted_by_retention_while_the_sink_was_down_are_counted(
+    settings: Settings, ch: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 item 8: a committed offset below the first stored one is a loss, never silent.
+
+    The sink loaded 10 events, then was down while retention deleted 10 more
+    (``delete_records`` moves the log start offset as retention does): on restart
+    it counts and logs the 10 lost events and loads the 10 that remain.
+    """
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from llmpulse.processors.stream import metrics
+
+    rng = random.Random(8)
+    now = datetime.now(UTC)
+    events = [sample_outcome(rng, now) for _ in range(30)]
+    await _produce(settings, [(b"one-key", encode(o)) for o in events])  # one partition
+    topic = settings.topic(OUTCOMES)
+    group = f"{settings.consumer_group_prefix}.usage_events"
+    consumer = kafka.consumer(settings, group=group)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(parts)
+        (tp,) = [p for p in parts if ends[p]]
+        consumer.assign([tp])
+        await consumer.commit({tp: 10})  # the sink had loaded the first 10
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(settings))
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=20)})
+    finally:
+        await admin.close()
+
+    expired = metrics.SOURCE_EXPIRED.labels(flow="usage_events", topic=topic)
+    before = expired._value.get()
+    stop = asyncio.Event()
+    sink = UsageSink(settings, ch, group=group, max_rows=100, max_seconds=0.2)
+    with caplog.at_level("ERROR"):
+        task = asyncio.create_task(sink.run(stop))
+        await wait_for(lambda: sink.stats.inserted >= 10, 60, "the sink to load what remains")
+        stop.set()
+        await task
+    assert expired._value.get() - before == 10
+    assert "10 events of" in caplog.text
+    assert "offsets 10-19" in caplog.text
+    stored = {r[0] for r in ch.query("SELECT event_id FROM usage_events").result_rows}
+    assert stored == {o.event_id for o in events[20:]}

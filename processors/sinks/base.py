@@ -102,7 +102,7 @@ class _CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._sink.release(self._consumer, set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
+        await self._sink.check_expired(self._consumer, set(assigned))
 
 
 class ClickHouseSink(ABC, Generic[P]):
@@ -158,6 +158,35 @@ class ClickHouseSink(ABC, Generic[P]):
         for tp in revoked:
             self._next_offsets.pop(tp, None)
         self._revoked |= revoked
+
+    async def check_expired(
+        self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
+    ) -> None:
+        """Count and log the events retention deleted before this group loaded them.
+
+        A committed offset below a partition's first offset means events were
+        deleted while the sink was down or behind: the consumer then starts at the
+        first offset that exists (``auto_offset_reset``), so they are lost for
+        good. Never silent: ``llmpulse_source_expired_total`` and an error line
+        (alert ``SourceEventsExpired``). A group without a commit has lost nothing.
+        """
+        if not assigned:
+            return
+        firsts = await consumer.beginning_offsets(list(assigned))
+        for tp in sorted(assigned):
+            committed = await consumer.committed(tp)
+            if committed is not None and committed < firsts[tp]:
+                lost = firsts[tp] - committed
+                metrics.SOURCE_EXPIRED.labels(flow=self.FLOW, topic=tp.topic).inc(lost)
+                log.error(
+                    "%d events of %s[%d] (offsets %d-%d) were deleted by retention before "
+                    "this sink loaded them: lost",
+                    lost,
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    firsts[tp] - 1,
+                )
 
     async def release(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         """Hand ``revoked`` over: settle a write in flight for them, then drop the rest."""
