@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llmpulse.cli.common import (
+    EXIT_FAILURE,
     EXIT_OK,
     SubParsers,
     UsageError,
@@ -97,8 +98,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings, client, usage_max_rows=args.batch_rows, usage_max_seconds=args.batch_seconds
     )
 
-    async def run_all(stop: asyncio.Event) -> None:
-        await asyncio.gather(*(sink.run(stop) for sink in sinks))
+    async def run_all(stop: asyncio.Event) -> int:
+        # A sink stopped by its poison limit returns; the others go on until a signal.
+        stats = await asyncio.gather(*(sink.run(stop) for sink in sinks))
+        return EXIT_FAILURE if any(s.stopped for s in stats) else EXIT_OK
 
     return asyncio.run(_run_until_signal(run_all))
 
@@ -122,5 +125,5 @@ async def _run_until_signal(run: Callable[[asyncio.Event], object]) -> int:
         loop.add_signal_handler(sig, stop.set)
     result = run(stop)
     if asyncio.iscoroutine(result):
-        await result
-    return EXIT_OK
+        result = await result
+    return result if isinstance(result, int) else EXIT_OK

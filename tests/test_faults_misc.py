@@ -18,8 +18,10 @@
   event id, same move; none conflicts with another of its version); Redis ends
   on the last one.
 * An operator ``force_close`` of a breaker whose open time is over (the timer
-  already published its half-open) must close it with the next version: an
-  expected failure on the current code (see its ``xfail`` reason).
+  already published its half-open) closes it with the next version. It used to
+  be lost: the control was applied to the stored breaker without its pending
+  tick, so it made closed v2 after the timer's half-open v2, and a version
+  already published is dropped.
 """
 
 from __future__ import annotations
@@ -258,13 +260,6 @@ async def test_a_zombie_breaker_worker_never_moves_a_breaker_backwards(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BreakerService._on_control (processors/breaker/agent.py) applies a control to"
-    " the stored breaker without core.tick(now): after the timer published the derived"
-    " half_open v2, force_close makes closed v2, which _publish_locked drops (version <="
-    " last published) and Redis refuses (not newer): the committed control is lost",
-)
 async def test_force_close_after_the_open_time_elapsed_closes_the_breaker(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -24,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -47,6 +46,7 @@ from llmpulse.processors.stream.faust_app import (
 )
 from llmpulse.processors.stream.input_cursor import InputCursors, MemoryCursors
 from llmpulse.processors.stream.ordered import OrderedStep, Route
+from llmpulse.processors.stream.resends import Resends, is_resend_key
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import (
     BREAKER_STATE_GAUGE,
@@ -64,7 +64,7 @@ from llmpulse.schemas.topics import (
 
 log = logging.getLogger(__name__)
 FLOW = "breaker_state"
-_WRITE_EVERY = 1.0
+_OFFSET = "offset"  # table value field: the last outcome offset the breaker applied
 _NAMESPACE = uuid.UUID("0b4a3f0e-3c1d-4a47-9d0e-6c1b2a9f7e55")
 
 
@@ -125,10 +125,17 @@ class BreakerService:
         self._publish_locks: dict[str, asyncio.Lock] = {}
         self._publishing: set[asyncio.Future[None]] = set()
         # Breakers of the partitions this worker owns, authoritative in process;
-        # the table (changelog) gets every transition at once and window counts
-        # at most every ``_WRITE_EVERY`` seconds per breaker (see ``_store``).
+        # the table (changelog) gets every transition at once and the other
+        # changes at the end of their batch (see ``_store``), each with the last
+        # outcome offset it applied (``_applied``): a restart replays from the
+        # committed offset, and an outcome at or below it is already counted.
         self._cores: dict[str, BreakerCore] = {}
-        self._written: dict[str, float] = {}
+        self._applied: dict[str, int] = {}
+        self._touched: dict[str, int] = {}  # breaker -> partition, written at the batch end
+        # Resends (same event_id) count once: every outcome that can still count is
+        # within the longest window of the clock (``BreakerCore.record``).
+        windows = [c.window_seconds for c in (self.configs.default, *self.configs.by_key.values())]
+        self._resends = Resends(self.table, max(windows), FLOW)
         self.app.on_partitions_revoked.connect(self._forget)
         self._set_if_newer = self.redis.register_script(serving.SET_IF_NEWER)
         self._release = self.redis.register_script(serving.RELEASE_PERMIT)
@@ -148,9 +155,15 @@ class BreakerService:
 
     # --- batches -------------------------------------------------------------------
     async def _flush(self, topic: str, partition: int, applied: Sequence[Record]) -> None:
-        # Table writes happen as events apply (``_store``); a batch only counts.
-        if topic == self.outcomes:
-            metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
+        """End of a batch: the breakers it changed, then its resend memory (before the cursor)."""
+        if topic != self.outcomes:
+            return
+        for key, at in self._touched.items():
+            self._write(self._cores[key], at)
+        self._touched.clear()
+        self._resends.flush(partition, applied[0].offset)
+        self._resends.maintain(partition, self.clock().timestamp())
+        metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
 
     def _load(self, key: str) -> BreakerCore:
         core = self._cores.get(key)
@@ -159,29 +172,40 @@ class BreakerService:
             config = self.configs.config_for(key)
             core = BreakerCore.from_dict(data, config) if data else BreakerCore(key, config)
             self._cores[key] = core
+            self._applied[key] = int(data.get(_OFFSET, -1)) if data else -1
         return core
 
     def _store(self, core: BreakerCore, changed_state: bool, partition: int) -> None:
-        """Write to the changelog-backed table: always on a transition, else coalesced.
+        """Write to the changelog-backed table: a transition at once, else at the batch end."""
+        if changed_state:
+            self._write(core, partition)
+        else:
+            self._touched[core.provider] = partition
 
-        A crash can lose at most ``_WRITE_EVERY`` seconds of window counts of a
-        breaker, never a state, version or open deadline.
-        """
-        now = time.monotonic()
-        if changed_state or now - self._written.get(core.provider, 0.0) >= _WRITE_EVERY:
-            table_set(self.table, partition, core.provider, core.to_dict())
-            self._written[core.provider] = now
+    def _write(self, core: BreakerCore, partition: int) -> None:
+        value = {**core.to_dict(), _OFFSET: self._applied.get(core.provider, -1)}
+        table_set(self.table, partition, core.provider, value)
 
     async def _forget(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         # Another worker may own these breakers now: reload from the table later.
         self._cores.clear()
-        self._written.clear()
+        self._applied.clear()
+        self._touched.clear()
+        self._resends.forget()
 
     def _on_outcome(self, outcome: LLMOutcome, record: Record) -> None:
-        """Apply one outcome; publishing and permit release go to the background."""
+        """Apply one outcome once; publishing and permit release go to the background."""
         key = self.configs.key_for(outcome.provider, outcome.model)
         core = self._load(key)
         now = self.clock()
+        window_start = now - timedelta(seconds=core.config.window_seconds)
+        if outcome.event_time >= window_start and not self._resends.first_time(
+            record.partition, outcome.event_id, outcome.event_time.timestamp(), now.timestamp()
+        ):
+            return None  # a resend (an older outcome changes nothing: ``BreakerCore.record``)
+        if record.offset <= self._applied[key]:
+            return None  # replayed after a restart: already in the restored breaker
+        self._applied[key] = record.offset
         transitions = core.tick(now)
         half_open = core.version if core.state is BreakerState.half_open else None
         call = classify(outcome, core.config)
@@ -242,7 +266,10 @@ class BreakerService:
         key = control.provider
         core = self._load(key)
         now = self.clock()
-        transitions = core.control(control.action, now, control.until)
+        # The timer may have published a transition the stored breaker has not taken
+        # yet (an open period that ended): take it first, so the control's version
+        # comes after it instead of being dropped as already published.
+        transitions = core.tick(now) + core.control(control.action, now, control.until)
         self._store(core, True, record.partition)
         await self._publish(core, transitions, now)
 
@@ -251,7 +278,7 @@ class BreakerService:
         now = self.clock()
         await self._heartbeat(now)
         for key, data in list(self.table.items()):
-            if not data:
+            if not data or is_resend_key(key):
                 continue
             cached = self._cores.get(key)
             base = cached.to_dict() if cached else data

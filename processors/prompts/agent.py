@@ -52,6 +52,7 @@ from llmpulse.processors.stream.faust_app import (
 )
 from llmpulse.processors.stream.input_cursor import InputCursors, TableCursors, is_cursor_key
 from llmpulse.processors.stream.ordered import OrderedStep, Route
+from llmpulse.processors.stream.resends import Resends, is_resend_key
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import (
     Feedback,
@@ -141,6 +142,13 @@ class PromptsService:
             settings.topic(FEEDBACK): FEEDBACK_PARTIALS_TABLE.create(self.app),
         }
         self.cursors = InputCursors(self.app, TableCursors(self.sources), FLOW)
+        # Resends (same event_id) count once if their event time is within the longest
+        # window plus its grace of the clock: until then an event can still add to an
+        # open window or a correction of it.
+        horizon = max(settings.prompt_windows) + settings.prompt_window_grace_seconds
+        self._resends = {
+            topic: Resends(table, horizon, FLOW) for topic, table in self.sources.items()
+        }
         self.perf_topic = settings.topic(PROMPT_PERFORMANCE)
         self.ordered = OrderedStep.for_app(
             self.app,
@@ -181,6 +189,7 @@ class PromptsService:
         for key in self._touched:
             table_set(table, partition, key, self._live[topic][key].to_dict())
         self._touched.clear()
+        self._resends[topic].flush(partition, applied[0].offset)  # after the partials
         metrics.EVENTS_CONSUMED.labels(flow=FLOW, topic=topic).inc(len(applied))
         await self._sweep(topic, partition)
 
@@ -201,9 +210,18 @@ class PromptsService:
         for hot in self._hot.values():
             hot.clear()
         self._emitted.clear()  # re-emitting a record is harmless (the sink keeps one copy)
+        for resends in self._resends.values():
+            resends.forget()
 
     def _targets(
-        self, topic: str, name: str, version: int, ts: float, partition: int, offset: int
+        self,
+        topic: str,
+        name: str,
+        version: int,
+        ts: float,
+        partition: int,
+        offset: int,
+        now: float,
     ) -> list[tuple[str, Partial]]:
         """(table key, partial) of each window size the event at ``offset`` still adds to.
 
@@ -211,7 +229,6 @@ class PromptsService:
         through ``_hot`` without building its key); one of a closed window is
         late and goes to a correction.
         """
-        now = self.clock()
         grace = self.settings.prompt_window_grace_seconds
         hot = self._hot[topic]
         out = []
@@ -272,26 +289,30 @@ class PromptsService:
             cost_usd=o.cost_usd,
         )
         name, version = o.prompt_name, o.prompt_version
-        self._apply(record, name, version, o.event_time, Partial.add_sample, sample)
+        self._apply(record, o.event_id, name, version, o.event_time, Partial.add_sample, sample)
 
     def _on_feedback(self, f: Feedback, record: Record) -> None:
         name, version = f.prompt_name, f.prompt_version
-        self._apply(record, name, version, f.event_time, Partial.add_feedback, f.score)
+        self._apply(record, f.event_id, name, version, f.event_time, Partial.add_feedback, f.score)
 
     def _apply(
         self,
         record: Record,
+        event_id: uuid.UUID,
         name: str,
         version: int,
         event_time: datetime,
         add: Callable[[Partial, int, T], None],
         value: T,
     ) -> None:
-        """``add(partial, offset, value)`` to each window size's partial (replays skipped)."""
+        """``add(partial, offset, value)`` to each window size's partial, once per event."""
         topic, partition, offset = record.topic, record.partition, record.offset
-        live = self._live[topic]
         ts = event_time.timestamp()
-        for key, p in self._targets(topic, name, version, ts, partition, offset):
+        now = self.clock()
+        if not self._resends[topic].first_time(partition, event_id, ts, now):
+            return
+        live = self._live[topic]
+        for key, p in self._targets(topic, name, version, ts, partition, offset, now):
             add(p, offset, value)
             live[key] = p
             self._touched.add(key)
@@ -303,7 +324,7 @@ class PromptsService:
         """The partials of ``topic`` (of one source partition if given), cursors skipped."""
         live = self._live[topic]
         for key, data in list(self.sources[topic].items()):
-            if is_cursor_key(key) or not data:
+            if is_cursor_key(key) or is_resend_key(key) or not data:
                 continue
             if partition is None or int(data["partition"]) == partition:
                 yield key, live.get(key) or Partial.from_dict(data)
@@ -314,6 +335,7 @@ class PromptsService:
         if now - self._last_sweep.get((topic, partition), 0.0) < _SWEEP_EVERY:
             return
         self._last_sweep[(topic, partition)] = now
+        self._resends[topic].maintain(partition, now)
         table = self.sources[topic]
         grace = self.settings.prompt_window_grace_seconds
         keep = self.settings.prompt_partial_retention_seconds

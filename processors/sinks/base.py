@@ -42,7 +42,12 @@ from pydantic import BaseModel
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka, metrics
 from llmpulse.processors.stream.codec import PoisonEvent, decode
-from llmpulse.processors.stream.dlq import DeadLetterPublisher, PoisonLimiter, SourceRecord
+from llmpulse.processors.stream.dlq import (
+    DeadLetterPublisher,
+    PoisonLimiter,
+    PoisonLimitExceeded,
+    SourceRecord,
+)
 from llmpulse.schemas.topics import topic_spec
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,8 @@ class SinkStats:
     dead_lettered: int = 0
     batches: int = 0
     retries: int = 0
+    #: Why the sink stopped on its own (the consecutive-poison limit); None while it runs.
+    stopped: str | None = None
 
 
 @dataclass
@@ -221,6 +228,8 @@ class ClickHouseSink(ABC, Generic[P]):
         await consumer.start()
         await producer.start()
         _freeze_startup_heap()
+        up = metrics.SINK_UP.labels(flow=self.FLOW)
+        up.set(1)
         try:
             while not stop.is_set():
                 # All that was fetched (bounded): aiokafka asks for a partition's next
@@ -240,6 +249,9 @@ class ClickHouseSink(ABC, Generic[P]):
             if self._next_offsets:
                 self._start_write()
                 await self._settle(consumer)
+        except PoisonLimitExceeded as exc:
+            await self._stop_on_poison(consumer, exc)
+            up.set(0)
         except _Stopped:
             log.warning(
                 "stopped while ClickHouse writes were failing: the batch in flight was not "
@@ -250,6 +262,21 @@ class ClickHouseSink(ABC, Generic[P]):
             await producer.stop()
             await consumer.stop()
         return self.stats
+
+    async def _stop_on_poison(self, consumer: AIOKafkaConsumer, exc: PoisonLimitExceeded) -> None:
+        """Store what came before the poison run, commit past its dead letters, stop this sink.
+
+        The dead-lettered messages are committed, so a restart never copies them
+        to the DLQ again; the other sinks of the process go on (one flow's broken
+        producer does not stop billing). ``llmpulse_sink_up`` goes to 0 (alert
+        ``SinkStopped``); README "Poison messages" has the operator's path.
+        """
+        await self._settle(consumer)
+        if self._next_offsets:
+            self._start_write()
+            await self._settle(consumer)
+        self.stats.stopped = str(exc)
+        log.error("%s; the %s sink stopped, the other flows go on", exc, self.FLOW)
 
     async def _take(
         self,
@@ -287,7 +314,12 @@ class ClickHouseSink(ABC, Generic[P]):
                 source = _source(record)
                 await dlq.publish(source, poison, self.dlq_topic)
                 self.stats.dead_lettered += 1
-                dlq.poisoned(source)
+                try:
+                    dlq.poisoned(source)
+                except PoisonLimitExceeded:
+                    # Everything up to this message is stored or dead-lettered.
+                    self._next_offsets[tp] = record.offset + 1
+                    raise
                 if tp in self._revoked:
                     return  # revoked while we awaited the DLQ: the new owner reads the rest
                 after_poison = True

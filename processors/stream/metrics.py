@@ -54,6 +54,11 @@ SINK_BATCH_ROWS = Histogram(
 SINK_INSERT_SECONDS = Histogram(
     "llmpulse_sink_insert_seconds", "Seconds per acknowledged ClickHouse insert", ["flow"]
 )
+SINK_UP = Gauge(
+    "llmpulse_sink_up",
+    "1 while a sink consumes its topic, 0 once it stopped on the consecutive-poison limit",
+    ["flow"],
+)
 SINK_RETRIES = Counter(
     "llmpulse_sink_retries", "ClickHouse operations retried after a transient error", ["flow"]
 )
@@ -69,6 +74,11 @@ SOURCE_EXPIRED = Counter(
 )
 LATE_EVENTS = Counter(
     "llmpulse_late_events", "Events that arrived after their window or period closed", ["flow"]
+)
+DEDUP_HORIZON_EXCEEDED = Counter(
+    "llmpulse_dedup_horizon_exceeded",
+    "Events older than the resend-check horizon of a rollup or breaker: applied unchecked",
+    ["flow"],
 )
 USAGE_DUPLICATES = Counter(
     "llmpulse_usage_duplicates", "Usage events dropped because their event_id was already stored"
