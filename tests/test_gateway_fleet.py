@@ -182,7 +182,7 @@ async def test_kafka_outage_loses_and_duplicates_no_event(
 ) -> None:
     scenario = default_scenario(
         instances=3,
-        seconds=50,
+        seconds=60,  # 22 s after the restart for the replay, also when Kafka starts slowly
         rate=15,
         seed=13,
         faults=[],

@@ -21,7 +21,7 @@ from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks.usage import UsageSink
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.codec import encode
-from llmpulse.processors.stream.dlq import DETAIL_HEADER, REASON_HEADER, PoisonLimitExceeded
+from llmpulse.processors.stream.dlq import DETAIL_HEADER, REASON_HEADER
 from llmpulse.schemas.topics import OUTCOMES, topic_spec
 from llmpulse.simulator.samples import sample_outcome
 from tests.harness import committed_offsets, read_all, wait_for
@@ -126,15 +126,19 @@ async def test_thousand_events_exact_counts_and_dlq(settings: Settings, ch: Clie
     assert sum(v or 0 for v in committed.values()) == 1060
 
 
-async def test_consecutive_poison_limit_stops_the_worker(settings: Settings, ch: Client) -> None:
+async def test_consecutive_poison_limit_stops_the_sink(settings: Settings, ch: Client) -> None:
     limited = settings.model_copy(update={"dlq_max_consecutive": 5})
     await _produce(limited, [(b"openai", b"not json")] * 8)
     sink = UsageSink(limited, ch, group="sink-poison", max_rows=100, max_seconds=0.2)
-    with pytest.raises(PoisonLimitExceeded, match="6 consecutive invalid messages"):
-        await asyncio.wait_for(sink.run(asyncio.Event()), 60)
-    assert sink.stats.dead_lettered == 6
+    stats = await asyncio.wait_for(sink.run(asyncio.Event()), 60)  # stops on its own
+    assert stats.stopped is not None
+    assert "6 consecutive invalid messages" in stats.stopped
+    assert stats.dead_lettered == 6
     dlq = await read_all(limited, limited.topic(topic_spec(OUTCOMES).dlq), expected=6)
     assert len(dlq) == 6  # the message that tripped the limit is in the DLQ too
+    # Committed past the dead letters: a restart never copies them to the DLQ again.
+    offsets = await committed_offsets(limited, limited.topic(OUTCOMES), "sink-poison")
+    assert sum(v or 0 for v in offsets.values()) == 6
 
 
 async def test_events_deleted_by_retention_while_the_sink_was_down_are_counted(
