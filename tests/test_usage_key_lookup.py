@@ -19,7 +19,7 @@ from clickhouse_connect.driver.client import Client
 
 from llmpulse.core.usage import Pending
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.sinks.usage import _LOOKUP, UsageSink
+from llmpulse.processors.sinks.usage import _LOOKUP, _LOOKUP_FILE, UsageSink, uuid_rowbinary
 from llmpulse.processors.stream.clickhouse import split_statements
 from llmpulse.processors.stream.codec import encode
 from llmpulse.schemas import LLMOutcome
@@ -42,20 +42,45 @@ def _pending(outcomes: list[LLMOutcome]) -> list[Pending]:
     return [Pending.of(o, encode(o), "llm.outcomes.v1", 0, i) for i, o in enumerate(outcomes)]
 
 
-def _sink(ch: Client) -> UsageSink:
-    return UsageSink(Settings(), ch, group="key-lookup")
+def _sink(ch: Client, server: bool = False) -> UsageSink:
+    """The sink on ``ch``; with ``server`` it takes the lookup path of an http(s) DSN."""
+    settings = Settings(clickhouse_dsn="http://localhost:8123") if server else Settings()
+    return UsageSink(settings, ch, group="key-lookup")
 
 
-def test_the_lookup_is_a_multi_get_on_the_key_table(ch: Client) -> None:
+def test_uuid_rowbinary_is_clickhouses_layout(ch: Client, tmp_path: Path) -> None:
+    ids = [
+        UUID("00112233-4455-6677-8899-aabbccddeeff"),
+        *(UUID(int=i, version=4) for i in range(9)),
+    ]
+    data = uuid_rowbinary(ids)
+    assert data[:16] == bytes.fromhex("77665544332211 00 ffeeddccbbaa9988".replace(" ", ""))
+    (tmp_path / "ids.bin").write_bytes(data)
+    read = ch.query(
+        "SELECT id FROM file({path:String}, 'RowBinary', 'id UUID')",
+        parameters={"path": str(tmp_path / "ids.bin")},
+    ).result_rows
+    assert [UUID(str(row[0])) for row in read] == ids
+
+
+@pytest.mark.parametrize("by_file", [False, True], ids=["bound ids (server)", "ids file (chDB)"])
+def test_the_lookup_is_a_multi_get_on_the_key_table(
+    ch: Client, tmp_path: Path, by_file: bool
+) -> None:
     ids = [UUID(int=i, version=4) for i in range(3)]
-    plan = ch.query(f"EXPLAIN actions = 1 {_LOOKUP}", parameters={"ids": ids}).result_rows
+    (tmp_path / "ids.bin").write_bytes(uuid_rowbinary(ids))
+    query, parameters = (
+        (_LOOKUP_FILE, {"path": str(tmp_path / "ids.bin")}) if by_file else (_LOOKUP, {"ids": ids})
+    )
+    plan = ch.query(f"EXPLAIN actions = 1 {query}", parameters=parameters).result_rows
     text = "\n".join(row[0] for row in plan)
     assert "ReadFromEmbeddedRocksDB" in text
     assert "ReadType: GetKeys" in text  # point reads of the ids, not a scan
 
 
-def test_the_sink_finds_every_stored_id_whatever_its_event_time(ch: Client) -> None:
-    sink = _sink(ch)
+@pytest.mark.parametrize("server", [False, True], ids=["chDB", "server"])
+def test_the_sink_finds_every_stored_id_whatever_its_event_time(ch: Client, server: bool) -> None:
+    sink = _sink(ch, server)
     stored = _outcomes(1, 600)
     for part in range(3):  # keys come from every insert
         sink.write(_pending(stored[part::3]))

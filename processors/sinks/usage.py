@@ -16,8 +16,12 @@ one observation per event).
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from array import array
 from collections import Counter
+from collections.abc import Sequence
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, ClassVar
@@ -44,6 +48,16 @@ FLOW = "usage_events"
 #: multi-get, one point read per id, so the lookup stays flat as usage_events grows.
 _LOOKUP = "SELECT event_id, payload_hash FROM usage_event_keys WHERE event_id IN {ids:Array(UUID)}"
 _LOOKUP_CHUNK = 10_000
+#: The same lookup on embedded chDB, with the ids in a RowBinary file the engine reads
+#: (still a multi-get: ``IN`` a subquery's set). A bound ``Array(UUID)`` is formatted into
+#: the query's text in Python and parsed back by the engine: about 60 ms for 5,000 ids,
+#: most of it holding the GIL that the consuming loop needs; the file costs about 1 ms of
+#: Python and 20 ms in the engine. A server reads ``file()`` on its own disk, so it keeps
+#: the bound parameter.
+_LOOKUP_FILE = (
+    "SELECT event_id, payload_hash FROM usage_event_keys WHERE event_id IN "
+    "(SELECT id FROM file({path:String}, 'RowBinary', 'id UUID'))"
+)
 #: One batch's lookup and insert are small: more threads only add scheduling work on
 #: the engine's side (measured on embedded chDB: -20% CPU for the lookup, -10% for the
 #: insert), while the sink's own threads need the cores.
@@ -101,13 +115,30 @@ class UsageSink(ClickHouseSink[Pending]):
     def _stored(self, batch: list[Pending]) -> dict[UUID, str]:
         """Payload hash already stored for each event_id of ``batch`` that is stored at all."""
         ids = list({p.event_id.int: p.event_id for p in batch}.values())  # each id once
-        stored: dict[UUID, str] = {}
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start : start + _LOOKUP_CHUNK]
-            result = self.client.query(_LOOKUP, parameters={"ids": chunk}, settings=_BATCH_SETTINGS)
-            rows = result.result_rows
-            stored.update({UUID(str(eid)): _text(h) for eid, h in rows})
-        return stored
+        if self.settings.effective_clickhouse_dsn.startswith("chdb://"):
+            rows = self._lookup_by_file(ids)
+        else:
+            rows = []
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[start : start + _LOOKUP_CHUNK]
+                query = self.client.query(
+                    _LOOKUP, parameters={"ids": chunk}, settings=_BATCH_SETTINGS
+                )
+                rows.extend(query.result_rows)
+        return {UUID(str(eid)): _text(h) for eid, h in rows}
+
+    def _lookup_by_file(self, ids: list[UUID]) -> Sequence[Sequence[Any]]:
+        """``_LOOKUP_FILE`` on ``ids``, written to a private temporary file for the engine."""
+        fd, path = tempfile.mkstemp(prefix="llmpulse-lookup-", suffix=".rowbinary")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(uuid_rowbinary(ids))
+            query = self.client.query(
+                _LOOKUP_FILE, parameters={"path": path}, settings=_BATCH_SETTINGS
+            )
+            return query.result_rows
+        finally:
+            os.unlink(path)
 
     def _record(self, plan: BatchPlan, inserted: dict[str, list[Any]], seconds: float) -> None:
         """Stats and metrics of a written batch; ``inserted`` is its columns by name."""
@@ -135,6 +166,17 @@ class UsageSink(ClickHouseSink[Pending]):
             metrics.LLM_COST_USD.labels(organization=metrics.org_label(org, limit)).inc(float(cost))
         metrics.CACHE_REQUESTS.inc(len(plan.insert))
         metrics.CACHE_HITS.inc(sum(inserted["cache_hit"]))
+
+
+def uuid_rowbinary(ids: Sequence[UUID]) -> bytes:
+    """``ids`` as ClickHouse's RowBinary ``UUID``: each the two 64-bit halves, little-endian.
+
+    ``UUID.bytes`` is big-endian, so reversing each 8 bytes gives the high half
+    then the low half, each little-endian, in one C pass.
+    """
+    words = array("Q", b"".join(u.bytes for u in ids))
+    words.byteswap()  # reverses each 8 bytes in memory, whatever the host's byte order
+    return words.tobytes()
 
 
 def _text(value: Any) -> str:
