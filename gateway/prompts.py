@@ -28,6 +28,9 @@ from llmpulse.schemas.serving import PromptView, prompt_key
 log = logging.getLogger(__name__)
 
 _2_POW_53 = float(2**53)
+#: Prompt views a selector keeps by default: far above any registry, but callers may
+#: name any prompt (unknown names are cached too, as empty views).
+MAX_CACHED_PROMPTS = 10_000
 
 
 def _unit(prompt_name: str, subject_id: str, version: int) -> float:
@@ -153,6 +156,10 @@ class PromptSelector:
     Concurrent callers share one refresh per prompt: the caller that starts it
     waits for it (at most the client's timeouts, once per ``refresh_seconds``
     and prompt); others with a cached view are served from it meanwhile.
+
+    At most ``max_prompts`` views are cached: beyond that the one refreshed
+    longest ago goes (a prompt in use is refreshed every ``refresh_seconds``,
+    so what goes is a name nobody asked for lately).
     """
 
     def __init__(
@@ -161,13 +168,17 @@ class PromptSelector:
         config: GatewayConfig,
         *,
         refresh_seconds: float = 1.0,
+        max_prompts: int = MAX_CACHED_PROMPTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not refresh_seconds > 0:
             raise ValueError(f"refresh_seconds must be > 0, got {refresh_seconds}")
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
         self._redis = redis
         self._config = config
         self._refresh_seconds = refresh_seconds
+        self._max_prompts = max_prompts
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -233,7 +244,7 @@ class PromptSelector:
             log.warning("ignoring malformed prompt view %s: %s", key, exc)
             self._keep(prompt_name)
             return
-        self._cache[prompt_name] = _Cached(tuple(versions), self._clock())
+        self._put(prompt_name, tuple(versions))
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         for name, running in list(self._inflight.items()):
@@ -243,4 +254,11 @@ class PromptSelector:
     def _keep(self, prompt_name: str) -> None:
         """Keep the last known view (or none) and wait refresh_seconds before retrying."""
         old = self._cache.get(prompt_name)
-        self._cache[prompt_name] = _Cached(old.versions if old else (), self._clock())
+        self._put(prompt_name, old.versions if old else ())
+
+    def _put(self, prompt_name: str, versions: tuple[PromptVersionView, ...]) -> None:
+        """Cache a refreshed view last in line; drop the oldest refreshes beyond the bound."""
+        self._cache.pop(prompt_name, None)
+        self._cache[prompt_name] = _Cached(versions, self._clock())
+        while len(self._cache) > self._max_prompts:
+            del self._cache[next(iter(self._cache))]

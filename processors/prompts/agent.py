@@ -130,6 +130,30 @@ def registry_view(prompt: PromptState) -> serving.PromptView:
     )
 
 
+class RegistryLog:
+    """The registry topic as read so far, in memory bounded by the registry's versions.
+
+    Only the last event of each (prompt, version) is kept: ``fold`` keeps each
+    version's latest record, in the order versions first appeared, so folding
+    these gives the same state as folding the whole log (which grows with every
+    activation and deactivation for as long as the worker runs).
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, int], PromptVersionEvent] = {}
+
+    def add(self, event: PromptVersionEvent) -> None:
+        self._latest[(event.prompt_name, event.version)] = event
+
+    def state(self) -> dict[str, PromptState]:
+        """Every prompt's state after the events added so far (``fold`` of the whole log)."""
+        return fold(self._latest.values())
+
+    def __len__(self) -> int:
+        """Events held: one per (prompt, version)."""
+        return len(self._latest)
+
+
 class PromptsService:
     """Wiring of the rollup logic to Faust, Kafka and Redis."""
 
@@ -172,10 +196,13 @@ class PromptsService:
             topic: {} for topic in self.sources
         }
         self.app.on_partitions_revoked.connect(self._forget)
-        # Record id -> last offset it was emitted with (timer emissions are not
-        # written to the table, so a record that grew is emitted again; the sink's
-        # ReplacingMergeTree keeps the latest copy). Entries go with their partial
-        # (long closed) or with the partitions (revoked), so the map stays bounded.
+        # Table key -> last offset its partial was emitted with (timer emissions are
+        # not written to the table, so a partial that grew is emitted again; the
+        # sink's ReplacingMergeTree keeps the copy that counted most). Keyed like the
+        # table, not by record id: a correction replaced by the next one (a new first
+        # offset, so a new record id) takes over its entry instead of leaving it
+        # behind. Entries go with their partial (long closed) or with the partitions
+        # (revoked): at most one per partial of the table.
         self._emitted: dict[str, int] = {}
         self._last_sweep: dict[tuple[str, int], float] = {}
         self._late_events = metrics.LATE_EVENTS.labels(flow=FLOW)
@@ -349,7 +376,7 @@ class PromptsService:
                 # Long closed: no uncommitted replay can still belong to it.
                 table_delete(table, partition, key)
                 self._live[topic].pop(key, None)
-                self._emitted.pop(str(record_id(p, topic)), None)
+                self._emitted.pop(key, None)
         hot = self._hot[topic]
         for at in [at for at, (_, p) in hot.items() if p.closed(now, grace)]:
             del hot[at]  # events of a closed window are late: never looked up here again
@@ -369,7 +396,7 @@ class PromptsService:
             await self.app.producer.send_and_wait(
                 self.perf_topic, p.prompt_name.encode(), encode(rec), None, None, None
             )
-            self._emitted[str(rec.event_id)] = p.last_offset
+            self._emitted[p.key()] = p.last_offset
             metrics.EVENT_LAG_SECONDS.labels(flow=FLOW).observe(
                 max(0.0, self.clock() - rec.event_time.timestamp())
             )
@@ -381,10 +408,10 @@ class PromptsService:
         for topic in self.sources:
             due = [
                 p
-                for _, p in self._partials_in(topic)
+                for key, p in self._partials_in(topic)
                 if p.closed(now, grace)
                 and not p.emitted
-                and self._emitted.get(str(record_id(p, topic))) != p.last_offset
+                and self._emitted.get(key) != p.last_offset
             ]
             await self._emit(due, topic)
 
@@ -395,7 +422,7 @@ class PromptsService:
         rds = aioredis.Redis.from_url(str(self.settings.redis_url), socket_timeout=2)
         consumer = kafka.consumer(self.settings, group=f"llmpulse-registry-{uuid.uuid4().hex[:8]}")
         await consumer.start()
-        events: list[PromptVersionEvent] = []
+        registry = RegistryLog()
         try:
             tp = TopicPartition(topic, 0)
             consumer.assign([tp])
@@ -412,10 +439,10 @@ class PromptsService:
                         except PoisonEvent as poison:
                             log.warning("invalid registry event at offset %d: %s", r.offset, poison)
                             continue
-                        events.append(e)
+                        registry.add(e)
                         changed.add(e.prompt_name)
                 if changed:
-                    state = fold(events)
+                    state = registry.state()
                     await self._write_registry(rds, [state[name] for name in changed])
         finally:
             await consumer.stop()
@@ -440,4 +467,4 @@ def run_worker(settings: Settings) -> None:
     run(PromptsService(settings).app)
 
 
-__all__ = ["PromptsService", "performance_record", "registry_view", "run_worker"]
+__all__ = ["PromptsService", "RegistryLog", "performance_record", "registry_view", "run_worker"]
