@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -23,6 +25,8 @@ from llmpulse.cli.common import (
 from llmpulse.processors.userinput import shorten
 
 if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
     from llmpulse.processors.settings import Settings
 
 
@@ -146,9 +150,10 @@ def _need_version(args: argparse.Namespace) -> int:
 
 
 def _prompts_compare(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare the versions of a prompt (run by a sink worker holding the chDB folder)."""
     from llmpulse.processors.billing import reports
-    from llmpulse.processors.prompts import comparison, ops
-    from llmpulse.processors.stream.clickhouse import connect, run_query
+    from llmpulse.processors.prompts import ops
+    from llmpulse.processors.stream import chdb_socket
 
     if not args.name:
         raise UsageError("prompts compare needs a prompt NAME")
@@ -161,14 +166,36 @@ def _prompts_compare(args: argparse.Namespace, settings: Settings) -> int:
     state = asyncio.run(ops.read_registry(settings))
     if args.name not in state:
         raise UsageError(f"unknown prompt {args.name!r}")
-    rows = run_query(
-        connect(settings),
-        "prompt_performance__compare",
-        {"prompt": args.name, "window_seconds": window, "start": start, "end": end},
-    )
-    report = comparison.compare(
-        args.name, rows, state[args.name].effective_weights(), args.baseline
-    )
-    render = comparison.render_json if args.format == "json" else comparison.render_text
-    sys.stdout.write(render(report))
+    weights = state[args.name].effective_weights()
+    arguments = {
+        "prompt": args.name,
+        "window_seconds": window,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "weights": {str(version): str(share) for version, share in weights.items()},
+        "baseline": args.baseline,
+        "format": args.format,
+    }
+    sys.stdout.write(chdb_socket.run(settings, prompts_compare, arguments))
     return EXIT_OK
+
+
+def prompts_compare(client: Client, arguments: Mapping[str, Any]) -> str:
+    """Named ClickHouse operation (see ``chdb_socket``): the rendered comparison."""
+    from llmpulse.processors.prompts import comparison
+    from llmpulse.processors.stream.clickhouse import run_query
+
+    rows = run_query(
+        client,
+        "prompt_performance__compare",
+        {
+            "prompt": arguments["prompt"],
+            "window_seconds": arguments["window_seconds"],
+            "start": datetime.fromisoformat(arguments["start"]),
+            "end": datetime.fromisoformat(arguments["end"]),
+        },
+    )
+    weights = {int(version): Decimal(share) for version, share in arguments["weights"].items()}
+    report = comparison.compare(arguments["prompt"], rows, weights, arguments["baseline"])
+    render = comparison.render_json if arguments["format"] == "json" else comparison.render_text
+    return render(report)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from llmpulse.cli.common import EXIT_OK, SubParsers, UsageError, load_settings
 from llmpulse.cli.files import write_text
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -49,36 +56,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     Malformed periods and unknown organizations raise ``BillingInputError``
     (an ``InputError``: exit code 2) before anything is written; an --output
     that cannot be written is one line too (exit 2, or 1 for a failing disk).
+    While a sink worker holds the embedded chDB folder, it runs the report.
     """
-    from llmpulse.processors.billing import allocation, reports
-    from llmpulse.processors.stream.clickhouse import connect
+    from llmpulse.processors.billing import reports
+    from llmpulse.processors.stream import chdb_socket
 
     settings = load_settings()
-    rate = settings.chargeback_default_rate
+    rate = str(settings.chargeback_default_rate)
     if args.action == "close":
         if not args.period:
             raise UsageError("report close needs --period YYYY-MM")
         reports.parse_period(args.period)
-        closed = reports.close_period(connect(settings), args.period, default_rate=rate)
-        print(
-            f"closed {args.period}: {len(closed.lines)} lines, "
-            f"total cost {closed.grand_total('cost_usd')} USD, charge {closed.charge_total} USD"
-        )
+        arguments = {"period": args.period, "default_rate": rate}
+        sys.stdout.write(chdb_socket.run(settings, report_close, arguments))
         return EXIT_OK
     if not (args.start and args.end):
         raise UsageError("report costs needs --start and --end")
     start = reports.parse_instant(args.start, "start")
     end = reports.parse_instant(args.end, "end")
     reports.check_period(start, end)
-    report = reports.cost_report(
-        connect(settings), start, end, default_rate=rate, org=args.org, live=args.live
-    )
-    render = {
-        "table": allocation.render_table,
-        "csv": allocation.render_csv,
-        "json": allocation.render_json,
-    }[args.format]
-    text = render(report)
+    arguments = {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "default_rate": rate,
+        "org": args.org,
+        "live": args.live,
+        "format": args.format,
+    }
+    text = chdb_socket.run(settings, report_costs, arguments)
     if args.output:
         write_text(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -88,11 +93,58 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pricing(args: argparse.Namespace) -> int:
-    """Load a prices / rates / organizations file; a bad file (``PricingFileError``) exits 2."""
-    from llmpulse.processors.billing import pricing
-    from llmpulse.processors.stream.clickhouse import connect
+    """Load a prices / rates / organizations file; a bad file (``PricingFileError``) exits 2.
 
-    data = pricing.parse_file(args.file)
-    counts = pricing.load(connect(load_settings()), data)
-    print(", ".join(f"{n} {table}" for table, n in counts.items()) + " loaded")
+    The file is checked here first; a sink worker holding the embedded chDB
+    folder loads it (by its absolute path) with the same code.
+    """
+    from llmpulse.processors.billing import pricing
+    from llmpulse.processors.stream import chdb_socket
+
+    pricing.parse_file(args.file)
+    arguments = {"file": str(args.file.resolve())}
+    sys.stdout.write(chdb_socket.run(load_settings(), pricing_load, arguments))
     return EXIT_OK
+
+
+# --- named ClickHouse operations (run here, or in the sink worker: see chdb_socket) ---------
+
+
+def report_costs(client: Client, arguments: Mapping[str, Any]) -> str:
+    """The rendered cost report for ``cmd_report``'s validated arguments."""
+    from llmpulse.processors.billing import allocation, reports
+
+    report = reports.cost_report(
+        client,
+        datetime.fromisoformat(arguments["start"]),
+        datetime.fromisoformat(arguments["end"]),
+        default_rate=Decimal(arguments["default_rate"]),
+        org=arguments["org"],
+        live=arguments["live"],
+    )
+    render = {
+        "table": allocation.render_table,
+        "csv": allocation.render_csv,
+        "json": allocation.render_json,
+    }[arguments["format"]]
+    return render(report)
+
+
+def report_close(client: Client, arguments: Mapping[str, Any]) -> str:
+    """Close the month; its one summary line."""
+    from llmpulse.processors.billing import reports
+
+    period = arguments["period"]
+    closed = reports.close_period(client, period, default_rate=Decimal(arguments["default_rate"]))
+    return (
+        f"closed {period}: {len(closed.lines)} lines, "
+        f"total cost {closed.grand_total('cost_usd')} USD, charge {closed.charge_total} USD\n"
+    )
+
+
+def pricing_load(client: Client, arguments: Mapping[str, Any]) -> str:
+    """Load the pricing file at the absolute path ``arguments["file"]``; one summary line."""
+    from llmpulse.processors.billing import pricing
+
+    counts = pricing.load(client, pricing.parse_file(Path(arguments["file"])))
+    return ", ".join(f"{n} {table}" for table, n in counts.items()) + " loaded\n"

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from llmpulse.cli.common import EXIT_OK, SubParsers, load_settings, with_services
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -36,9 +42,19 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply the pending ClickHouse migrations; one line per migration applied."""
-    from llmpulse.processors.stream.clickhouse import connect, migrate
+    """Apply the pending ClickHouse migrations; one line per migration applied.
 
-    applied = migrate(connect(load_settings()))
-    print("\n".join(f"applied {name}" for name in applied) or "schema up to date")
+    While a sink worker holds the embedded chDB folder, it applies them.
+    """
+    from llmpulse.processors.stream import chdb_socket
+
+    sys.stdout.write(chdb_socket.run(load_settings(), migrate_schema, {}))
     return EXIT_OK
+
+
+def migrate_schema(client: Client, arguments: Mapping[str, Any]) -> str:
+    """Named ClickHouse operation (see ``chdb_socket``): apply migrations, list them."""
+    from llmpulse.processors.stream.clickhouse import migrate
+
+    lines = [f"applied {name}" for name in migrate(client)] or ["schema up to date"]
+    return "".join(f"{line}\n" for line in lines)

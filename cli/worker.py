@@ -23,6 +23,7 @@ from llmpulse.cli.common import (
 
 if TYPE_CHECKING:
     from llmpulse.processors.settings import Settings
+    from llmpulse.processors.stream.chdb_socket import Operation
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -32,11 +33,13 @@ def add_parser(sub: SubParsers) -> None:
         "flow",
         choices=(*worker_flows(), "all"),
         help="sink: every flow into ClickHouse (usage_events, breaker_transitions, "
-        "prompt_versions, prompt_performance); breaker: fleet-wide circuit breaker (Faust) -> "
-        "Redis and llm.breaker-state.v1; prompts: windowed prompt rollups (Faust) and the "
-        "registry view in Redis; all: the three as child processes (logs in the state "
-        "folder; with LLMPULSE_METRICS_PORT=P they serve metrics on P, P+1, P+2). Each "
-        "worker adds its /metrics to the local stack's Prometheus targets",
+        "prompt_versions, prompt_performance); on embedded chDB it also runs report, pricing "
+        "load, migrate and prompts compare for those commands while it holds the folder; "
+        "breaker: fleet-wide circuit breaker (Faust) -> Redis and llm.breaker-state.v1; "
+        "prompts: windowed prompt rollups (Faust) and the registry view in Redis; all: the "
+        "three as child processes (logs in the state folder; with LLMPULSE_METRICS_PORT=P "
+        "they serve metrics on P, P+1, P+2). Each worker adds its /metrics to the local "
+        "stack's Prometheus targets",
     )
     p.add_argument("--batch-rows", type=positive_int, default=None, help="max rows per insert")
     p.add_argument(
@@ -59,6 +62,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker starts (workers never look the stack up themselves).
     """
     from llmpulse.processors.sinks import build_sinks
+    from llmpulse.processors.stream import chdb_socket
     from llmpulse.processors.stream.clickhouse import connect
     from llmpulse.processors.stream.metrics import serve
     from llmpulse.processors.stream.topics import check_copartitioned
@@ -103,7 +107,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
         stats = await asyncio.gather(*(sink.run(stop) for sink in sinks))
         return EXIT_FAILURE if any(s.stopped for s in stats) else EXIT_OK
 
-    return asyncio.run(_run_until_signal(run_all))
+    # This process now holds the embedded chDB folder: report and load commands ask it.
+    with chdb_socket.serving(settings, clickhouse_operations()):
+        return asyncio.run(_run_until_signal(run_all))
+
+
+def clickhouse_operations() -> dict[str, Operation]:
+    """The closed set of operations the sink worker runs for commands (by function name)."""
+    from llmpulse.cli import prompts, report, setup
+
+    named = (
+        report.report_costs,
+        report.report_close,
+        report.pricing_load,
+        setup.migrate_schema,
+        prompts.prompts_compare,
+    )
+    return {operation.__name__: operation for operation in named}
 
 
 def _scraped_by_local_prometheus(settings: Settings, flow: str, port: int) -> None:

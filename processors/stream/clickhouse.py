@@ -7,9 +7,10 @@ once each, recorded with a checksum; named queries live in
 ``clickhouse/queries/*.sql`` and take ``{name:Type}`` parameters that the
 engine binds, never string formatting.
 
-chDB note: one process at a time may open a chDB data folder, so with the
-embedded engine the ClickHouse-writing worker and the report commands must
-not run at the same time (use a server for that).
+chDB note: one process at a time may open a chDB data folder. While
+``llmpulse worker sink`` holds it, the report, load and migrate commands do
+not open it: the worker runs them for them over a Unix socket next to the
+folder (``llmpulse.processors.stream.chdb_socket``).
 """
 
 from __future__ import annotations
