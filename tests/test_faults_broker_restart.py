@@ -86,13 +86,6 @@ def _env(settings: Settings, tmp: Path, flow: str) -> dict[str, str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (issue 13): after a broker restart, a breaker transition of an "
-    "outcome produced after the restart is sometimes never published (2 of 8 runs under "
-    "load: the worker alive, its group caught up, another breaker's transition published); "
-    "usage and rollups were exact in every run",
-)
 async def test_broker_restart_mid_stream_keeps_every_result_exact(
     own_stack: Settings, ch: Client, tmp_path: Path
 ) -> None:

@@ -10,7 +10,9 @@ by the sink) and to Prometheus. Events are applied in offset order, once per
 assignment: in-memory input cursors skip re-deliveries and re-read any records
 Faust drops after a rebalance (``llmpulse.processors.stream.input_cursor``).
 Records arrive a fetched partition batch at a time (``OrderedStep.batch``); a
-transition is published as soon as the event that caused it is applied.
+transition is published as soon as the event that caused it is applied, after
+the breaker's earlier publications (``BreakerService._in_turn``) and as it was
+when applied (``Publication``), so every version reaches the topics.
 
 Open -> half_open happens on time without traffic: a timer derives the due
 transition from the stored state (deterministic: it happens at ``open_until``
@@ -26,6 +28,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,6 +102,31 @@ def snapshot_of(core: BreakerCore, now: datetime, t: Transition | None = None) -
     )
 
 
+@dataclass(frozen=True)
+class Publication:
+    """What one change of a breaker publishes, taken when the change is applied.
+
+    Taken at once because the breaker moves on while the publication waits its
+    turn: built later, it would name versions it never sends.
+    """
+
+    provider: str
+    transitions: tuple[tuple[Transition, BreakerSnapshot], ...]
+    view: BreakerSnapshot  # the serving view after the change (its version: the breaker's)
+    resync: bool = False  # re-apply the view to Redis even if nothing changed
+
+    @classmethod
+    def of(
+        cls, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool = False
+    ) -> Publication:
+        return cls(
+            core.provider,
+            tuple((t, snapshot_of(core, now, t)) for t in transitions),
+            snapshot_of(core, now, transitions[-1] if transitions else None),
+            resync,
+        )
+
+
 class BreakerService:
     """Wiring of the breaker core to Faust, Redis, Kafka and Prometheus."""
 
@@ -121,8 +149,10 @@ class BreakerService:
         self.transitions_topic = self.app.topic(settings.topic(BREAKER_TRANSITIONS), **raw)
         self.table = BREAKER_STATE_TABLE.create(self.app)
         self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
+        # Per breaker: the version up to which every transition was sent, and its
+        # last scheduled publication (each waits for the one before: ``_in_turn``).
         self._published: dict[str, int] = {}
-        self._publish_locks: dict[str, asyncio.Lock] = {}
+        self._turns: dict[str, asyncio.Future[None]] = {}
         self._publishing: set[asyncio.Future[None]] = set()
         # Breakers of the partitions this worker owns, authoritative in process;
         # the table (changelog) gets every transition at once and the other
@@ -222,40 +252,41 @@ class BreakerService:
         )
         publish = bool(transitions) or core.version > self._published.get(core.provider, -1)
         if release or publish:
-            # In the background, in order per breaker (its publish lock): the partition
+            # In the background, in order per breaker (``_in_turn``): the partition
             # goes on with the next events meanwhile, so one opening does not delay
             # every later event of the partition by its broker and Redis round trips.
             # The transition is in the table already; were the worker killed before
-            # the send, the restored breaker sends it again (``_publish_locked``).
+            # the send, the restored breaker sends it again (``_send``).
+            publication = Publication.of(core, transitions, now) if publish else None
             holder = str(outcome.request_id) if release else None
-            self._background(self._after_outcome(core, transitions, now, holder, half_open))
+            work = self._after_outcome(core, publication, holder, half_open)
+            self._background(core.provider, work)
         return None
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
+    def _background(self, provider: str, work: Coroutine[Any, Any, None]) -> None:
+        task = self._in_turn(provider, work)
         self._publishing.add(task)
         task.add_done_callback(self._published_one)
 
     def _published_one(self, task: asyncio.Future[None]) -> None:
         self._publishing.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            # Redis and broker errors are retried inside ``_publish``: what reaches here
+            # Redis and broker errors are retried inside ``_send``: what reaches here
             # is a bug, and a worker must not run on without publishing (exit 1).
             log.error("publishing a breaker transition failed", exc_info=exc)
-            self._background(self.app.crash(exc))
+            crash = asyncio.ensure_future(self.app.crash(exc))
+            self._publishing.add(crash)
+            crash.add_done_callback(self._publishing.discard)
 
     async def _after_outcome(
         self,
         core: BreakerCore,
-        transitions: list[Transition],
-        now: datetime,
+        publication: Publication | None,
         probe_holder: str | None,
         half_open: int | None,
     ) -> None:
-        # Publishing first: its lock is the task's first await, so the background
-        # publications of one breaker run in the order their events were applied.
-        if transitions or core.version > self._published.get(core.provider, -1):
-            await self._publish(core, transitions, now)
+        if publication is not None:
+            await self._send(publication)
         if probe_holder is not None and half_open is not None:
             await self._release_permit(
                 core.provider, half_open, probe_holder, core.config.half_open_probes
@@ -271,7 +302,7 @@ class BreakerService:
         # comes after it instead of being dropped as already published.
         transitions = core.tick(now) + core.control(control.action, now, control.until)
         self._store(core, True, record.partition)
-        await self._publish(core, transitions, now)
+        await self._in_turn(key, self._send(Publication.of(core, transitions, now)))
 
     # --- timer -----------------------------------------------------------------------
     async def _tick(self) -> None:
@@ -285,29 +316,36 @@ class BreakerService:
             core = BreakerCore.from_dict(base, self.configs.config_for(key))
             # Derived only: the agent stores the same transition on the next event.
             transitions = core.tick(now)
-            await self._publish(core, transitions, now, resync=True)
+            await self._in_turn(key, self._send(Publication.of(core, transitions, now, True)))
 
     # --- publishing --------------------------------------------------------------------
-    async def _publish(
-        self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool = False
-    ) -> None:
-        # One publisher per provider at a time: the agent and the timer both publish,
-        # and interleaved at the awaits below they would both send the same version.
-        lock = self._publish_locks.setdefault(core.provider, asyncio.Lock())
-        async with lock:
-            await self._publish_locked(core, transitions, now, resync)
+    def _in_turn(self, provider: str, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run ``work`` once every publication scheduled before it for ``provider`` is done.
 
-    async def _publish_locked(
-        self, core: BreakerCore, transitions: list[Transition], now: datetime, resync: bool
-    ) -> None:
-        last = self._published.get(core.provider, -1)
-        snapshots = [snapshot_of(core, now, t) for t in transitions if t.version > last]
-        if not snapshots and core.version > last and core.version > 0:
+        In the order of scheduling, which is the order the changes were applied:
+        the agent, the controls and the timer all publish, and a later version
+        sent first would count the earlier one as sent (``_published``) and drop it.
+        """
+        turn = asyncio.ensure_future(_after(self._turns.get(provider), work))
+        self._turns[provider] = turn
+        turn.add_done_callback(lambda done: self._end_turn(provider, done))
+        return turn
+
+    def _end_turn(self, provider: str, turn: asyncio.Future[None]) -> None:
+        if self._turns.get(provider) is turn:
+            del self._turns[provider]
+
+    async def _send(self, publication: Publication) -> None:
+        """Send a publication's transitions not sent yet, then show its view in Redis."""
+        provider, view = publication.provider, publication.view
+        last = self._published.get(provider, -1)
+        snapshots = [s for t, s in publication.transitions if t.version > last]
+        if not snapshots and view.version > max(last, 0):
             # Restored after a restart: the last transition may never have reached
             # the topics (killed before the send completed). Sending it again is
             # harmless: compaction and ClickHouse dedup by (provider, version).
-            snapshots = [snapshot_of(core, now)]
-        key = core.provider.encode()
+            snapshots = [view]
+        key = provider.encode()
         for snap in snapshots:
             value = encode(snap)
             # Acknowledged by the broker before Redis shows the state.
@@ -316,17 +354,17 @@ class BreakerService:
                 await self.transitions_topic.send(key=key, value=value),
             ]
             await asyncio.gather(*sent)
-        for t in transitions:
+        for t, _ in publication.transitions:
             if t.version > last:
                 metrics.BREAKER_TRANSITIONS.labels(
-                    provider=core.provider, from_state=t.from_state.value, to_state=t.to_state.value
+                    provider=provider, from_state=t.from_state.value, to_state=t.to_state.value
                 ).inc()
-        metrics.CIRCUIT_BREAKER_STATE.labels(provider=core.provider).set(
-            BREAKER_STATE_GAUGE[core.state]
-        )
-        if transitions or resync or core.version > last:
-            await self._to_redis(snapshot_of(core, now, transitions[-1] if transitions else None))
-        self._published[core.provider] = max(last, core.version)
+        metrics.CIRCUIT_BREAKER_STATE.labels(provider=provider).set(BREAKER_STATE_GAUGE[view.state])
+        if publication.transitions or publication.resync or view.version > last:
+            await self._to_redis(view)
+        # Every version up to the view's is sent: each earlier one was applied, and
+        # so scheduled, before this publication.
+        self._published[provider] = max(last, view.version)
 
     async def _to_redis(self, snap: BreakerSnapshot) -> None:
         prefix = self.settings.topic_prefix
@@ -378,9 +416,20 @@ class BreakerService:
             log.warning("redis unavailable, probe permit left to expire: %s", exc)
 
 
+async def _after(previous: asyncio.Future[None] | None, work: Coroutine[Any, Any, None]) -> None:
+    """``work`` once ``previous`` is done (its failure is reported where it was scheduled)."""
+    try:
+        if previous is not None:
+            await asyncio.wait([previous])
+    except asyncio.CancelledError:
+        work.close()  # stopped before its turn: never started, never to be awaited
+        raise
+    await work
+
+
 def run_worker(settings: Settings) -> None:
     """Run the breaker agent until SIGINT/SIGTERM (Faust's worker owns the event loop)."""
     run(BreakerService(settings).app)
 
 
-__all__ = ["BreakerService", "run_worker", "snapshot_of"]
+__all__ = ["BreakerService", "Publication", "run_worker", "snapshot_of"]
