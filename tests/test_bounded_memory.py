@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from faust.types import TP
 from redis.asyncio import Redis
 
 from llmpulse.core.breaker import BreakerConfig
@@ -29,6 +30,12 @@ from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.prompts.agent import PromptsService, RegistryLog
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import metrics
+from llmpulse.processors.stream.faust_app import (
+    OUTCOME_PARTIALS_TABLE,
+    create_app,
+    table_delete,
+    table_set,
+)
 from llmpulse.processors.stream.input_cursor import is_cursor_key
 from llmpulse.processors.stream.resends import is_resend_key
 from llmpulse.schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus
@@ -292,3 +299,22 @@ async def test_the_prompt_selector_caches_a_bounded_number_of_views() -> None:
 def test_the_prompt_selector_refuses_a_cache_without_room() -> None:
     with pytest.raises(ValueError, match="max_prompts"):
         PromptSelector(Redis(), GatewayConfig(bootstrap_servers="127.0.0.1:1"), max_prompts=0)
+
+
+async def test_a_revoked_partitions_keys_leave_the_memory_store(tmp_path: Path) -> None:
+    """Keys the agents write (``table_set``) go with their partition after a rebalance.
+
+    Faust's memory store forgets a lost partition's keys once recovery completes,
+    but only those whose partition it knows: before, keys written outside a
+    stream event stayed, and the timers kept iterating them.
+    """
+    settings = _settings(tmp_path)
+    table = OUTCOME_PARTIALS_TABLE.create(create_app(settings, "prompts"))
+    table.send_changelog = lambda *args, **kwargs: None
+    table_set(table, 0, "kept", 1)
+    table_set(table, 1, "revoked", 2)
+    table_set(table, 1, "deleted", 3)
+    table_delete(table, 1, "deleted")
+    changelog = TP(OUTCOME_PARTIALS_TABLE.changelog(settings), 0)
+    await table.data.on_recovery_completed({changelog}, set())
+    assert dict(table.data) == {"kept": 1}

@@ -33,6 +33,7 @@ class FakeTable(dict[str, Any]):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[tuple[int, str, Any]] = []
+        self._key_partition: dict[str, int] = {}  # as Faust's memory store keeps it
 
     @property
     def data(self) -> FakeTable:

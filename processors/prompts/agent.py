@@ -420,8 +420,10 @@ class PromptsService:
         """Follow the registry topic from the start; write each changed prompt to Redis."""
         topic = self.settings.topic(PROMPT_VERSIONS)
         rds = aioredis.Redis.from_url(str(self.settings.redis_url), socket_timeout=2)
-        consumer = kafka.consumer(self.settings, group=f"llmpulse-registry-{uuid.uuid4().hex[:8]}")
-        await consumer.start()
+        group = f"llmpulse-registry-{uuid.uuid4().hex[:8]}"
+        consumer = await kafka.started(
+            lambda: kafka.consumer(self.settings, group=group), "prompt registry reader"
+        )
         registry = RegistryLog()
         try:
             tp = TopicPartition(topic, 0)

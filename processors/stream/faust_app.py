@@ -128,12 +128,17 @@ class BatchSource(Protocol):
 def table_set(table: Any, partition: int, key: str, value: Any) -> None:
     """``table[key] = value`` with the changelog partition given (outside a stream event)."""
     table.data[key] = value
+    # Faust's memory store drops the keys of partitions this worker lost once a
+    # rebalance's recovery completes, but it knows the partition only of the keys it
+    # recovered from the changelog or wrote in a stream event: record it for ours.
+    table.data._key_partition[key] = partition
     table.send_changelog(partition, key, value)
 
 
 def table_delete(table: Any, partition: int, key: str) -> None:
     """``del table[key]`` with the changelog partition given (a tombstone)."""
     table.data.pop(key, None)
+    table.data._key_partition.pop(key, None)
     table.send_changelog(partition, key, None, value_serializer="raw")
 
 

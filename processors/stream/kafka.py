@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from pydantic import BaseModel
 
 from llmpulse.processors.errors import ServiceError
@@ -13,6 +17,7 @@ from llmpulse.processors.settings import ServiceAddressMissing, Settings
 from llmpulse.processors.stream.codec import PoisonEvent, decode
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class TopicMissing(ServiceError):
@@ -58,6 +63,29 @@ def consumer(settings: Settings, *topics: str, group: str, **overrides: Any) -> 
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+async def started(
+    make: Callable[[], AIOKafkaConsumer], what: str, *, max_delay: float = 10.0
+) -> AIOKafkaConsumer:
+    """A consumer from ``make``, started once Kafka answers (a long-running task's reader).
+
+    A worker's side task that starts its consumer while the broker restarts
+    would otherwise die with "Unable to bootstrap" and take the worker down;
+    it waits instead, retrying with capped exponential backoff (a fresh
+    consumer each time: a failed ``start`` leaves one half started).
+    """
+    delay = 0.2
+    while True:
+        reader = make()
+        try:
+            await reader.start()
+            return reader
+        except KafkaConnectionError as exc:
+            await reader.stop()
+            log.warning("%s: Kafka unreachable (%s); retrying in %.1f s", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
 
 
 async def read_from_start(
