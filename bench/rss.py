@@ -23,7 +23,16 @@ def peak_rss_mb_self() -> float:
 
 def peak_rss_mb_of(pid: int) -> float:
     """High-water RSS (``VmHWM``) of a running process; call before it exits."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb_of(pid: int) -> float:
+    """Current resident memory (``VmRSS``) of a running process."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * _KB / MB
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")

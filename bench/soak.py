@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import bench_settings, progress
+from bench.rss import rss_mb_of
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
 from llmpulse.processors.stream.codec import encode
@@ -39,17 +40,7 @@ from llmpulse.simulator.samples import sample_outcome
 from tests.harness import committed_offsets
 
 WORKERS = ("sink", "breaker", "prompts")
-_KB = 1024
-_MB = 1_000_000
 _TICK = 0.1  # seconds between producer bursts
-
-
-def rss_mb(pid: int) -> float:
-    """Current resident memory (``VmRSS``) of a running process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * _KB / _MB
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def group_of(settings: Settings, worker: str) -> str:
@@ -170,7 +161,7 @@ async def run(minutes: float, rate: int, sample_s: float) -> list[WorkerTrace]:
                         raise RuntimeError(f"worker {name} exited with {proc.returncode}")
                     behind = await _behind(settings, group_of(settings, name), sent[0])
                     traces[name].samples.append(
-                        (time.monotonic() - started, rss_mb(proc.pid), behind)
+                        (time.monotonic() - started, rss_mb_of(proc.pid), behind)
                     )
                 elapsed = time.monotonic() - started
                 progress(
