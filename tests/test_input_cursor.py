@@ -65,11 +65,19 @@ class _FakeApp:
         return self.timers.append
 
 
+class _Store(dict[str, Any]):
+    """A Faust memory store's data: its keys and the partition of each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key_partition: dict[str, int] = {}
+
+
 class _Table:
     """What the cursors use of a Faust table: its store and changelog writes by partition."""
 
     def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
+        self.data = _Store()
         self.changelog: list[tuple[int, str, Any]] = []
 
     def get(self, key: str) -> Any:
