@@ -1,7 +1,10 @@
 -- Cost allocation and chargeback per organization and operation for the
 -- half-open UTC period [start, end), as stored at {as_of}.
 --
--- * Every unique event_id counts once (FINAL collapses any duplicate rows).
+-- * Every event_id counts once, whatever its stored copies carry (brute force:
+--   every row FINAL reads of every event_id seen in the period, grouped by
+--   event_id; the copy with the smallest (inserted_at, payload_hash) is billed,
+--   as of its insert time).
 -- * Usage of a closed month stored after its close (late usage) is not part of
 --   that month any more: it is an adjustment line (adjusts_period = the closed
 --   month) in the report whose period contains its insert time.
@@ -36,8 +39,24 @@ FROM
         if(c.closed = 1 AND e.inserted_at > c.closed_at, toString(c.period), '') AS adjusts_period
     FROM
     (
-        SELECT *, toDate(toStartOfMonth(event_time)) AS month
-        FROM usage_events FINAL
+        SELECT
+            billed.1 AS org_id, billed.2 AS operation, billed.3 AS provider, billed.4 AS model,
+            billed.5 AS event_time, billed.6 AS input_tokens, billed.7 AS output_tokens,
+            billed.8 AS cached_tokens, billed.9 AS cost_usd, billed.10 AS inserted_at,
+            toDate(toStartOfMonth(event_time)) AS month
+        FROM
+        (
+            SELECT
+                event_id,
+                argMin((org_id, operation, provider, model, event_time, input_tokens, output_tokens,
+                        cached_tokens, cost_usd, inserted_at), (inserted_at, payload_hash)) AS billed
+            FROM usage_events FINAL
+            WHERE event_id IN (
+                SELECT event_id FROM usage_events
+                WHERE (event_time >= {start:DateTime64(6, 'UTC')} AND event_time < {end:DateTime64(6, 'UTC')})
+                   OR (inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')}))
+            GROUP BY event_id
+        )
         WHERE inserted_at <= {as_of:DateTime64(6, 'UTC')}
           AND ({org:String} = '' OR org_id = {org:String})
           AND (

@@ -67,6 +67,8 @@ def ch(ch_session: Client) -> Client:
         "usage_event_keys",
         "usage_daily",
         "usage_conflicts",
+        "usage_event_losers",
+        "usage_reconciles",
         "breaker_transitions",
         "period_closes",
         "closed_allocations",

@@ -5,14 +5,19 @@ joining prices and rates, reads whole days of all-organization reports from the
 daily rollup (migration 0008) where that is proven equal to FINAL, and finds
 adjustments without a full scan; the usage sink looks ids up in
 ``usage_event_keys`` instead of ``usage_events``. All must answer the same
-questions as before, to the last decimal. The reference is the query as it was
-(``tests/billing_reference_allocation.sql``: one FINAL scan, one join per
-event) and a lookup in ``usage_events`` itself. The datasets are randomized:
-duplicates stored at other times, same-id conflicts, late events of a closed
-month, price and rate changes at midnight and inside a day, cached tokens, and
-events on the period edges; one dataset has no duplicate so that the rollup
-answers, and the tests check that it did, and that it stops answering a month
-once a duplicate is stored there.
+questions as before, to the last decimal. The reference is the brute-force
+query (``tests/billing_reference_allocation.sql``: every row FINAL reads of the
+period's event_ids grouped by event_id, the first stored copy billed, one join
+per event) and a lookup in ``usage_events`` itself. The datasets are
+randomized: duplicates stored at other times, same-id conflicts as racing
+writers store them (another cost, organization, provider, or time in the same
+or another month, stored seconds before or after the first copy: migration
+0010's bound), late events of a closed month, price and rate changes at
+midnight and inside a day, cached tokens, and events on the period edges; the
+comparison is repeated before any reconcile, and after reconciles that decided
+some or all of the copies. One dataset has no duplicate so that the rollup
+answers, and the tests check that it did, that it stops answering a month once
+a duplicate is stored there, and a day once a losing copy is stored there.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from llmpulse.core.usage import USAGE_COLUMNS, payload_hash, usage_row
-from llmpulse.processors.billing import pricing, reports
+from llmpulse.processors.billing import copies, pricing, reports
 from llmpulse.processors.sinks.usage import _LOOKUP
 from llmpulse.processors.stream.clickhouse import run_query, split_statements
 from llmpulse.schemas import LLMOutcome
@@ -67,8 +72,9 @@ MARKER = ["month", "day", "org_id", "operation", "provider", "model", "requests"
 
 @pytest.fixture
 def db(ch: Client) -> Client:
-    """``ch`` with an empty rollup too (the shared fixture empties usage_events only)."""
-    ch.command("TRUNCATE TABLE usage_daily")
+    """``ch`` with an empty rollup and no reconcile (the shared fixture empties usage only)."""
+    for table in ("usage_daily", "usage_event_losers", "usage_reconciles"):
+        ch.command(f"TRUNCATE TABLE {table}")
     _dimensions(ch)
     return ch
 
@@ -111,15 +117,34 @@ def _unique_usage(seed: int) -> list[tuple[LLMOutcome, datetime]]:
     return rows
 
 
+def _conflicting_copy(rng: random.Random, outcome: LLMOutcome) -> LLMOutcome:
+    """``outcome`` with another payload, as a second writer may have stored it."""
+    cost = {"cost_usd": outcome.cost_usd + Decimal("0.5")}
+    change: dict[str, Any] = rng.choice(
+        [
+            cost,
+            {**cost, "org_id": rng.choice([o for o in ORGS if o != outcome.org_id])},
+            {"provider": "anthropic", "model": "claude-sonnet-4", "attempt": 2},
+            {**cost, "event_time": outcome.event_time + timedelta(days=rng.choice((-20, 1, 35)))},
+        ]
+    )
+    return outcome.model_copy(update=change)
+
+
 def _dataset(seed: int) -> list[tuple[LLMOutcome, datetime]]:
-    """``_unique_usage`` plus duplicates stored later and same-id conflicts."""
+    """``_unique_usage`` plus duplicates stored later and same-id conflicts.
+
+    A conflicting copy is stored within 50 s of the first copy, before or after
+    it: the sink refuses an insert more than 60 s after its lookup (migration
+    0010), so a racing writer cannot store it later.
+    """
     rng = random.Random(seed)
     rows = _unique_usage(seed)
-    for outcome, at in rng.sample(rows, 150):  # duplicates stored again, later
+    duplicated = rng.sample(rows, 150)
+    for outcome, at in duplicated:  # duplicates stored again, later
         rows.append((outcome, at + timedelta(days=rng.randint(0, 30))))
-    for outcome, at in rng.sample(rows, 40):  # same event_id, another payload
-        changed = outcome.model_copy(update={"cost_usd": outcome.cost_usd + Decimal("0.5")})
-        rows.append((changed, at + timedelta(hours=1)))
+    for outcome, at in rng.sample([r for r in rows if r not in duplicated], 40):
+        rows.append((_conflicting_copy(rng, outcome), at + timedelta(seconds=rng.uniform(-50, 50))))
     rng.shuffle(rows)
     return rows
 
@@ -206,6 +231,27 @@ def test_pruned_allocation_equals_the_brute_force_query(db: Client, seed: int) -
     assert all(isinstance(r["cost_usd"], Decimal) for r in march)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_reconciled_allocation_equals_the_brute_force_query(db: Client, seed: int) -> None:
+    """Copies decided by reconciles and copies a report finds itself add up the same."""
+    rows = _dataset(seed)
+    _store(db, rows)
+    decided = "SELECT count(), uniqExact(event_id) FROM usage_event_losers"
+    # Watermarks inside the data: some copies are decided, the later ones live.
+    for now in (datetime(2026, 3, 10, tzinfo=UTC), datetime(2026, 4, 5, tzinfo=UTC)):
+        copies.reconcile(db, now)
+        assert 0 < db.query(decided).result_rows[0][0] < 40
+        assert _compare_periods(db, seed) > 100
+    copies.reconcile(db)  # everything decided
+    assert db.query("SELECT count() FROM usage_event_copies_live").result_rows == [(0,)]
+    assert _compare_periods(db, seed) > 100
+    assert db.query(decided).result_rows == [(40, 40)]
+    quarantined = db.query(
+        "SELECT count() FROM usage_conflicts FINAL WHERE source_topic = 'usage_events'"
+    ).result_rows
+    assert quarantined == [(40,)]
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_rollup_equals_the_brute_force_query(db: Client, seed: int) -> None:
     rows = _unique_usage(seed)
@@ -240,6 +286,14 @@ def test_rollup_answers_only_where_it_is_proven(db: Client) -> None:
         db, REFERENCE, _params(APR, MAY, "acme")
     )
     assert _cost_gap(db, APR, MAY, as_of=datetime(2026, 5, 2, tzinfo=UTC)) == 0
+    # A copy of an April 9 event in another organization, stored by a racing
+    # writer: that day reads FINAL without the losing copy, April 10 still rolls up.
+    ninth, at = next((o, at) for o, at in rows if o.event_time.date() == date(2026, 4, 9))
+    elsewhere = ninth.model_copy(update={"org_id": "acme" if ninth.org_id != "acme" else "hooli"})
+    _store(db, [(elsewhere, at + timedelta(seconds=9))])
+    assert _cost_gap(db, APR, MAY) == 1
+    copies.reconcile(db)
+    assert _cost_gap(db, APR, MAY) == 1
     # A duplicate stored in April (a race between two sinks): April reads FINAL.
     april = next((o, at) for o, at in rows if APR <= o.event_time < MAY)
     _store(db, [april])

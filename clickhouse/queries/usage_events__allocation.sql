@@ -1,9 +1,11 @@
 -- Cost allocation and chargeback per organization and operation for the
 -- half-open UTC period [start, end), as stored at {as_of}.
 --
--- * Every unique event counts once: as usage_events FINAL reads it (the
---   reference is tests/billing_reference_allocation.sql, equal to the last
---   decimal).
+-- * Every event_id counts once, whatever its stored copies carry: of its
+--   payloads (one row each under FINAL), the one with the smallest
+--   (inserted_at, payload_hash), as of that insert; the other copies are in
+--   usage_event_losing_copies (migration 0010) and never counted. The reference
+--   is tests/billing_reference_allocation.sql, equal to the last decimal.
 -- * Usage of a closed month stored after its close (late usage) is not part of
 --   that month any more: it is an adjustment line (adjusts_period = the closed
 --   month) in the report whose period contains its insert time.
@@ -22,7 +24,8 @@
 --   first then multiplying gives the same exact decimals as per event.
 -- * Whole days of an all-organization report come from the daily rollup
 --   (usage_daily, migration 0008) where it provably holds the rows FINAL
---   reads; every other day of the period is read from usage_events FINAL.
+--   reads and no losing copy (the rollup saw those rows too); every other day
+--   of the period is read from usage_events FINAL, losing copies excluded.
 -- * Adjustments (earlier months stored during the period) are found without a
 --   full scan: their keys through the minmax index on inserted_at, then every
 --   version of those keys through the primary key.
@@ -33,6 +36,8 @@ WITH
     arrayDistinct(arrayMap(t -> toDate(t), arrayFilter(t -> t != toStartOfDay(t), changes))) AS split_days,
     arrayDistinct(arrayMap(t -> toStartOfHour(t), arrayFilter(t -> t != toStartOfHour(t), changes))) AS split_hours,
     (SELECT (groupArray(period), groupArray(closed_at)) FROM period_closes) AS closes,
+    -- Days holding a copy of an event_id that is never billed (rare: a race).
+    (SELECT groupUniqArray(toDate(event_time)) FROM usage_event_losing_copies) AS loser_days,
     arrayMap(
         i -> toDate({start:DateTime64(6, 'UTC')}) + i,
         range(toUInt32(greatest(0, dateDiff('day', toDate({start:DateTime64(6, 'UTC')}),
@@ -56,7 +61,8 @@ WITH
                     d -> has(groupArrayIf(month, qualifies), toStartOfMonth(d))
                         AND toDateTime64(d, 6, 'UTC') >= {start:DateTime64(6, 'UTC')}
                         AND toDateTime64(d + 1, 6, 'UTC') <= {end:DateTime64(6, 'UTC')}
-                        AND NOT has(split_days, d),
+                        AND NOT has(split_days, d)
+                        AND NOT has(loser_days, d),
                     period_days) AS rolled_days,
                 arrayFilter(d -> NOT has(rolled_days, d), period_days) AS raw_days
             FROM
@@ -170,6 +176,7 @@ FROM
       AND event_time >= plan.3 AND event_time < plan.4
       AND toDate(event_time) IN plan.2
       AND (adjusts = 0 OR (inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')}))
+      AND (event_id, copy_hash) NOT IN (SELECT event_id, payload_hash FROM usage_event_losing_copies)
     GROUP BY org_id, operation, provider, model, close_index, adjusts, bucket
     UNION ALL
     -- Adjustment lines: usage of closed months before the period, stored during
@@ -200,6 +207,7 @@ FROM
       AND event_time < {start:DateTime64(6, 'UTC')}
       AND inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')}
       AND adjusts != 0
+      AND (event_id, copy_hash) NOT IN (SELECT event_id, payload_hash FROM usage_event_losing_copies)
     GROUP BY org_id, operation, provider, model, close_index, adjusts, bucket
 ) AS g
 ASOF LEFT JOIN (SELECT * FROM prices FINAL) AS p

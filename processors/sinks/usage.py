@@ -22,6 +22,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, ClassVar
@@ -65,6 +66,10 @@ _BATCH_SETTINGS = {"max_threads": 1}
 #: The insert's event_ids are unique (``plan_batch``), so ReplacingMergeTree's collapse of
 #: equal sorting keys within the inserted block has nothing to do: skip that pass.
 _INSERT_SETTINGS = {**_BATCH_SETTINGS, "optimize_on_insert": 0}
+#: The insert carries the instant its lookup started: migration 0010 refuses it more
+#: than 60 s later (a stalled or zombie writer looks up again), which bounds how late
+#: a copy racing another writer can be stored.
+_INSERT_COLUMNS = [*USAGE_COLUMNS, "looked_up_at"]
 
 __all__ = ["FLOW", "SinkStats", "UsageSink"]
 
@@ -81,6 +86,7 @@ class UsageSink(ClickHouseSink[Pending]):
 
     def write(self, batch: list[Pending]) -> None:
         """Dedup lookup, conflict quarantine and insert (blocking; runs in a thread)."""
+        looked_up_at = datetime.now(UTC)
         plan = plan_batch(batch, self._stored(batch))
         if plan.conflicts:
             self.client.insert(
@@ -93,7 +99,8 @@ class UsageSink(ClickHouseSink[Pending]):
             return
         columns = usage_columns(plan.insert)
         started = time.perf_counter()
-        self.client.insert(data=columns, context=self._insert_context)
+        looked_up = [looked_up_at] * len(plan.insert)
+        self.client.insert(data=[*columns, looked_up], context=self._insert_context)
         seconds = time.perf_counter() - started
         self._record(plan, dict(zip(USAGE_COLUMNS, columns, strict=True)), seconds)
 
@@ -107,7 +114,7 @@ class UsageSink(ClickHouseSink[Pending]):
         """
         return self.client.create_insert_context(
             "usage_events",
-            column_names=list(USAGE_COLUMNS),
+            column_names=_INSERT_COLUMNS,
             column_oriented=True,
             settings=_INSERT_SETTINGS,
         )
