@@ -8,10 +8,13 @@ organizations, three operations, stored 10 s after they happened; the
 migrations' materialized view fills ``usage_event_keys`` as the sink's inserts
 do. At each size it measures, as the median of ``--repeat`` runs:
 
-* the usage sink's dedup lookup of 5,000 ids (half stored, half new, other ids
-  in every run, as the sink never looks an id up twice): the sink's query on
-  ``usage_event_keys``, and the same query on ``usage_events`` (what the sink
-  did before migration 0007) for comparison;
+* the usage sink's dedup lookup of 5,000 ids as the sink meets them: new ids
+  but for 3% stored ones (resends; the at-least-once rate of issue 13's
+  scenario), other ids in every run, as the sink never looks an id up twice;
+  ``--stored-share 0.5`` measures the half-stored mix of earlier runs: the sink's own lookup
+  on ``usage_event_keys`` (on embedded chDB, the ids in a RowBinary file), and
+  the bound-ids query on ``usage_events`` (what the sink did before migration
+  0007) for comparison;
 * ``usage_events__allocation`` for one month (2026-06), every organization and
   one organization, and the brute-force query it replaced
   (``tests/billing_reference_allocation.sql``) for comparison; the two must
@@ -49,13 +52,16 @@ from bench.common import bench_settings, produce_outcomes, progress
 from bench.report import growth_tables
 from bench.results import GrowthStep
 from bench.sink_throughput import sink_rate
+from llmpulse.processors.billing import copies
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.sinks.usage import _LOOKUP
+from llmpulse.processors.sinks.usage import _LOOKUP, UsageSink
 from llmpulse.processors.stream.clickhouse import connect, migrate, run_query
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "billing_reference_allocation.sql"
 CHUNK = 5_000_000
 LOOKUP_IDS = 5_000
+#: Share of a lookup's ids that are stored already: resends, rare next to new events.
+STORED_SHARE = 0.03
 MONTHS = 24
 START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN_SECONDS = int((datetime(2027, 1, 1, tzinfo=UTC) - START).total_seconds())
@@ -114,36 +120,47 @@ def _fill(client: Client, first: int, upto: int) -> None:
         progress(f"stored {start + n:,} rows")
 
 
-def _lookup_id_sets(client: Client, rng: random.Random, repeat: int) -> list[list[uuid.UUID]]:
-    """One set of ids per run, half stored and half new, no id in two sets.
+def _lookup_id_sets(
+    client: Client, rng: random.Random, repeat: int, stored_share: float
+) -> list[list[uuid.UUID]]:
+    """One set of ids per run, ``stored_share`` of them stored, no id in two sets.
 
     Repeating one set would measure ClickHouse's caches instead of the lookup:
     the query condition cache remembers which granules held none of the ids, so
     a second run of 0007's lookup skipped the reads that its first run made.
     """
-    half = LOOKUP_IDS // 2
+    share = round(LOOKUP_IDS * stored_share)
     stored = client.query(
         "SELECT event_id FROM usage_event_keys ORDER BY rand() LIMIT {n:UInt32}",
-        parameters={"n": half * repeat},
+        parameters={"n": share * repeat},
     )
     known = [uuid.UUID(str(row[0])) for row in stored.result_rows]
     sets = []
     for run in range(repeat):
-        mine = known[run * half : (run + 1) * half]
+        mine = known[run * share : (run + 1) * share]
         fresh = LOOKUP_IDS - len(mine)
         sets.append(mine + [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(fresh)])
     return sets
 
 
-def _median_lookup(client: Client, table: str, id_sets: list[list[uuid.UUID]]) -> float:
-    """Median time of the sink's lookup on ``table``, one id set per run."""
+def _median_lookup(sink: UsageSink, id_sets: list[list[uuid.UUID]]) -> float:
+    """Median time of the sink's own lookup on ``usage_event_keys``, one id set per run."""
     runs = iter(id_sets)
-    sql = _LOOKUP.replace("usage_event_keys", table)
+    return _median_seconds(lambda: sink._lookup_by_file(next(runs)), len(id_sets))
+
+
+def _median_lookup_before(client: Client, id_sets: list[list[uuid.UUID]]) -> float:
+    """Median time of the bound-ids lookup on ``usage_events`` (before migration 0007)."""
+    runs = iter(id_sets)
+    sql = _LOOKUP.replace("usage_event_keys", "usage_events")
     return _median_seconds(lambda: client.query(sql, parameters={"ids": next(runs)}), len(id_sets))
 
 
-def measure(client: Client, repeat: int, rng: random.Random, total_rows: int) -> dict[str, float]:
-    id_sets = _lookup_id_sets(client, rng, repeat)
+def measure(
+    sink: UsageSink, repeat: int, rng: random.Random, total_rows: int, stored_share: float
+) -> dict[str, float]:
+    client = sink.client
+    id_sets = _lookup_id_sets(client, rng, repeat, stored_share)
     reference = REFERENCE.read_text()
     params: dict[str, Any] = {
         "start": JUNE[0],
@@ -152,8 +169,8 @@ def measure(client: Client, repeat: int, rng: random.Random, total_rows: int) ->
         "default_rate": Decimal("1.2"),
     }
     figures = {
-        "lookup": _median_lookup(client, "usage_event_keys", id_sets),
-        "lookup_before": _median_lookup(client, "usage_events", id_sets),
+        "lookup": _median_lookup(sink, id_sets),
+        "lookup_before": _median_lookup_before(client, id_sets),
     }
     for label, org in (("report_month", ""), ("report_org", "org-7")):
         bound = {**params, "org": org}
@@ -188,7 +205,11 @@ async def _sink_step(
 
 
 def run(
-    sizes: list[int], repeat: int = 5, sink_events: int = 20_000, batch_rows: int = 5_000
+    sizes: list[int],
+    repeat: int = 5,
+    sink_events: int = 20_000,
+    batch_rows: int = 5_000,
+    stored_share: float = STORED_SHARE,
 ) -> list[GrowthStep]:
     """One step per size, smallest first, always starting with the empty table."""
     rng = random.Random(7)
@@ -204,8 +225,14 @@ def run(
             rows = size
             # As the background compaction would at a sink's pace (the fill is faster).
             client.command("OPTIMIZE TABLE usage_event_keys")
+            # As every report does before its query: decide the stored copies (none here),
+            # so the query's own check reads only inserts since then. The synthetic rows are
+            # stamped up to 2026-12-31, possibly after today: decide up to their last stamp.
+            progress(f"reconciling copies at {size:,} rows")
+            last = client.query("SELECT max(inserted_at) FROM usage_events").result_rows[0][0]
+            copies.reconcile(client, now=last.replace(tzinfo=UTC) + copies.RACE_HORIZON)
             progress(f"measuring at {size:,} rows")
-            f = measure(client, repeat, rng, size)
+            f = measure(UsageSink(settings, client), repeat, rng, size, stored_share)
             sink = None
             if sink_events:
                 progress(f"usage sink, {sink_events:,} events at {size:,} rows")
@@ -238,8 +265,21 @@ def main() -> None:
     parser.add_argument(
         "--sink-events", type=int, default=20_000, help="events per sink step; 0: no sink, no stack"
     )
+    parser.add_argument(
+        "--stored-share",
+        type=float,
+        default=STORED_SHARE,
+        help=f"share of looked-up ids already stored (default {STORED_SHARE})",
+    )
     args = parser.parse_args()
-    steps = run([int(s) for s in args.sizes.split(",")], args.repeat, args.sink_events)
+    if not 0 <= args.stored_share <= 1:
+        parser.error("--stored-share must be between 0 and 1")
+    steps = run(
+        [int(s) for s in args.sizes.split(",")],
+        args.repeat,
+        args.sink_events,
+        stored_share=args.stored_share,
+    )
     print()
     print(growth_tables(steps))
 

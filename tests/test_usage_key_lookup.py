@@ -117,3 +117,26 @@ def test_the_migration_copies_the_keys_of_stored_rows(ch: Client) -> None:
     ch.command(backfill)
     batch = _pending(outcomes)
     assert _sink(ch)._stored(batch) == {p.event_id: p.digest for p in batch}
+
+
+def _rocksdb_stats(ch: Client) -> dict[str, int]:
+    rows = ch.query(
+        "SELECT name, value FROM system.rocksdb "
+        "WHERE database = currentDatabase() AND table = 'usage_event_keys'"
+    ).result_rows
+    return {str(name): int(value) for name, value in rows}
+
+
+def test_a_new_id_is_answered_by_the_bloom_filter(ch: Client) -> None:
+    # Most looked-up ids are new: without a filter each one read a data block per level,
+    # so the lookup grew with the stored events (clickhouse/chdb.xml configures it).
+    ch.command(
+        "INSERT INTO usage_event_keys SELECT generateUUIDv4(), repeat('0', 64) FROM numbers(200000)"
+    )
+    ch.command("OPTIMIZE TABLE usage_event_keys")  # into SST files, where filters live
+    new = _pending(_outcomes(5, 1000))
+    before = _rocksdb_stats(ch)
+    assert _sink(ch)._stored(new) == {}
+    after = _rocksdb_stats(ch)
+    useful = after.get("bloom.filter.useful", 0) - before.get("bloom.filter.useful", 0)
+    assert useful >= 900  # about 1% false positives at 10 bits per key

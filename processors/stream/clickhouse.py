@@ -38,6 +38,9 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 #: owns its machine; in a worker, the buffers a merge or an insert freed then stayed resident
 #: under the next ones' (up to 140 MB more at the usage sink's peak RSS). Returned at once.
 CHDB_MALLOC_CONF = "dirty_decay_ms:0"
+#: Server settings of the embedded engine (package data next to the SQL): RocksDB
+#: bloom filters, so the dedup lookup's misses stay flat as stored events grow.
+CHDB_CONFIG = "chdb.xml"
 
 
 class ClickHouseConfigError(ConfigError):
@@ -73,6 +76,14 @@ def connect(settings: Settings) -> Client:
             f"unsupported ClickHouse DSN scheme in {dsn.split('://')[0]!r}: use chdb:// or http(s)://"
         )
     try:
+        if dsn.startswith("chdb://"):
+            folder = os.path.realpath(dsn.removeprefix("chdb://"))
+            with resources.as_file(sql_dir() / CHDB_CONFIG) as config:
+                # A ``file:`` location reaches chDB verbatim (``chdb_options`` would be
+                # percent-encoded, which chDB does not decode); read once, at start.
+                return clickhouse_connect.get_client(
+                    interface="chdb", path=f"file:{folder}?config-file={config}"
+                )
         return clickhouse_connect.get_client(dsn=dsn)
     except Exception as exc:
         raise ClickHouseConfigError(f"cannot open ClickHouse at {_safe_dsn(dsn)}: {exc}") from exc
