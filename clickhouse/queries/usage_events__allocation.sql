@@ -17,6 +17,8 @@
 -- * {org} = '' means every organization; a value is bound, never spliced.
 --
 -- How it stays fast as usage grows:
+-- * The losing copies are read once per report (a scalar), not once per use: the
+--   view reads the recent inserts of every part, a fixed cost per evaluation.
 -- * Usage is summed per bucket of event time before prices and rates are
 --   joined. A bucket holds no price or rate change: it is a UTC day, or for a
 --   day with a change inside it an hour, or for such an hour one instant. So
@@ -36,8 +38,11 @@ WITH
     arrayDistinct(arrayMap(t -> toDate(t), arrayFilter(t -> t != toStartOfDay(t), changes))) AS split_days,
     arrayDistinct(arrayMap(t -> toStartOfHour(t), arrayFilter(t -> t != toStartOfHour(t), changes))) AS split_hours,
     (SELECT (groupArray(period), groupArray(closed_at)) FROM period_closes) AS closes,
-    -- Days holding a copy of an event_id that is never billed (rare: a race).
-    (SELECT groupUniqArray(toDate(event_time)) FROM usage_event_losing_copies) AS loser_days,
+    -- The copies never billed (rare: a race), read once: (event_id, payload_hash) of
+    -- each, and the days holding one. Both usage reads below exclude them.
+    (SELECT (groupArray((event_id, payload_hash)), groupUniqArray(toDate(event_time)))
+     FROM usage_event_losing_copies) AS losing,
+    losing.2 AS loser_days,
     arrayMap(
         i -> toDate({start:DateTime64(6, 'UTC')}) + i,
         range(toUInt32(greatest(0, dateDiff('day', toDate({start:DateTime64(6, 'UTC')}),
@@ -176,7 +181,7 @@ FROM
       AND event_time >= plan.3 AND event_time < plan.4
       AND toDate(event_time) IN plan.2
       AND (adjusts = 0 OR (inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')}))
-      AND (event_id, copy_hash) NOT IN (SELECT event_id, payload_hash FROM usage_event_losing_copies)
+      AND (event_id, copy_hash) NOT IN (SELECT arrayJoin(losing.1))
     GROUP BY org_id, operation, provider, model, close_index, adjusts, bucket
     UNION ALL
     -- Adjustment lines: usage of closed months before the period, stored during
@@ -207,7 +212,7 @@ FROM
       AND event_time < {start:DateTime64(6, 'UTC')}
       AND inserted_at >= {start:DateTime64(6, 'UTC')} AND inserted_at < {end:DateTime64(6, 'UTC')}
       AND adjusts != 0
-      AND (event_id, copy_hash) NOT IN (SELECT event_id, payload_hash FROM usage_event_losing_copies)
+      AND (event_id, copy_hash) NOT IN (SELECT arrayJoin(losing.1))
     GROUP BY org_id, operation, provider, model, close_index, adjusts, bucket
 ) AS g
 ASOF LEFT JOIN (SELECT * FROM prices FINAL) AS p
