@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from pydantic import SecretStr
 
 from bench.common import bench_settings, produce_outcomes, progress
 from bench.report import growth_tables
@@ -215,7 +216,9 @@ def run(
     rng = random.Random(7)
     steps = []
     with tempfile.TemporaryDirectory(prefix="llmpulse-billing-growth-") as tmp:
-        settings = Settings().model_copy(update={"clickhouse_dsn": f"chdb://{Path(tmp) / 'chdb'}"})
+        settings = Settings().model_copy(
+            update={"clickhouse_dsn": SecretStr(f"chdb://{Path(tmp) / 'chdb'}")}
+        )
         client = connect(settings)
         migrate(client)
         rows = 0

@@ -47,7 +47,7 @@ from bench.common import (
 from bench.results import BreakerResult, Latency, Throughput
 from bench.rss import peak_rss_mb_of
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.codec import encode
 from llmpulse.processors.stream.faust_app import app_id
 from llmpulse.schemas import LLMOutcome, serving
@@ -233,7 +233,7 @@ async def run(events: int = 50_000, openings: int = 200, load: int = 5_000) -> B
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
         agent_s = await bench_settings(base)
         bare_s = await bench_settings(base)
-        rds = aioredis.Redis.from_url(str(agent_s.redis_url))
+        rds = redis_client.connect(agent_s)
         progress("starting llmpulse worker breaker")
         worker = start_worker(agent_s, Path(tmp))
         try:

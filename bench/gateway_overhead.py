@@ -35,6 +35,7 @@ from llmpulse.gateway.emitter import EventEmitter
 from llmpulse.gateway.orchestrator import Completion, LLMCall, Provider, ProviderOrchestrator
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream.redis_client import url as redis_url
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import BreakerSnapshot, BreakerState
 from llmpulse.schemas.topics import OUTCOMES
@@ -125,9 +126,10 @@ async def _measure(settings: Settings, decisions: int, events: int) -> tuple[flo
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
         gw = GatewayConfig(
             bootstrap_servers=kafka.bootstrap(settings),
-            redis_url=str(settings.redis_url),
+            redis_url=redis_url(settings),
             topic_prefix=settings.topic_prefix,
             spool_dir=Path(tmp) / "spool",
+            kafka_security=settings.kafka_security,
         )
         routing_us, execute_us = await _routing(gw, decisions)
         emit_us, bare_us = await _emit(settings, gw, events)

@@ -91,7 +91,7 @@ async def _committed_rate(
     settings: Settings, group: str, n: int, worker: subprocess.Popen[bytes]
 ) -> Rate:
     """Events/s between ``group``'s first commit and its commit of all ``n`` events."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(settings))
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
     await admin.start()
     try:
         first: tuple[int, float] | None = None

@@ -27,8 +27,10 @@ def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "breaker",
         help="read the fleet-wide breaker state or override it",
-        description="status reads Redis (falls back to llm.breaker-state.v1); the other "
-        "actions send a llm.breaker-control.v1 event that the breaker worker applies.",
+        description="status reads Redis (falls back to llm.breaker-state.v1 when Redis is "
+        "unreachable; a Redis that refuses the credentials or TLS of LLMPULSE_REDIS_URL is an "
+        "error, exit 1); the other actions send a llm.breaker-control.v1 event that the "
+        "breaker worker applies.",
     )
     p.add_argument("action", choices=("status", "force-open", "force-close", "reset", "disable"))
     p.add_argument("provider", nargs="?", help="provider (or provider/model) breaker key")
@@ -57,10 +59,12 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     PROVIDER must be a configured or existing breaker unless ``--create``.
     """
     from llmpulse.processors.breaker import ops
+    from llmpulse.processors.breaker.config import BreakerConfigs
 
     settings = load_settings()
     if args.action == "status":
-        source, snaps = asyncio.run(ops.status(with_services(settings)))
+        # Kafka may be away: the status comes from Redis then.
+        source, snaps = asyncio.run(ops.status(with_services(settings, kafka_required=False)))
         print(f"source: {source}")
         print(
             f"{'provider':<24}{'state':<12}{'version':>8}  {'since':<34}{'next attempt':<34}"
@@ -74,6 +78,8 @@ def cmd_breaker(args: argparse.Namespace) -> int:
             )
         return EXIT_OK
     control = _control(args)
+    # The breaker config file is input: a bad one is refused before any service is asked.
+    BreakerConfigs.load(settings.breaker_config_file)
     settings = with_services(settings)
     if not args.create and not asyncio.run(ops.is_known(settings, control.provider)):
         raise UsageError(

@@ -67,19 +67,32 @@ def load_settings() -> Settings:
         raise UsageError(f"invalid settings: {exc}") from None
 
 
-def with_services(settings: Settings) -> Settings:
+def with_services(settings: Settings, *, kafka_required: bool = True) -> Settings:
     """Settings with Kafka, Redis (and Prometheus) addresses filled in from the local stack.
 
     Workers never look the local stack up themselves (they raise
     ``ServiceAddressMissing``), so every command that reaches Kafka or Redis
     passes its settings through here first. Addresses that are set are kept;
     raises ``StackError`` if one is unset and the local stack is not running.
-    """
-    if settings.kafka_bootstrap and settings.redis_url:
-        return settings
-    from llmpulse.devstack import stack
 
-    return stack.with_endpoints(settings, stack.endpoints(settings))
+    Then Kafka is asked once whether it lets these settings in
+    (``kafka.preflight``, bounded): a wrong password or an untrusted
+    certificate is a ``ConfigError`` naming the setting (exit 1) before
+    anything starts, not a client that waits for Kafka forever. An unreachable
+    Kafka is a ``ServiceError`` saying why, unless not ``kafka_required`` (a
+    command that can answer without Kafka).
+    """
+    from llmpulse.processors.errors import ServiceError
+    from llmpulse.processors.stream import kafka
+
+    if not (settings.kafka_bootstrap and settings.redis_url):
+        from llmpulse.devstack import stack
+
+        settings = stack.with_endpoints(settings, stack.endpoints(settings))
+    unreachable = kafka.on_own_loop(kafka.preflight(settings))
+    if unreachable is not None and kafka_required:
+        raise ServiceError(f"cannot reach Kafka: {unreachable}")
+    return settings
 
 
 def usage_error(exc: ValidationError) -> UsageError:

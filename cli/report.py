@@ -33,7 +33,11 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--org", help="only this organization id")
     p.add_argument("--period", help="month to close, YYYY-MM")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="write to this file instead of stdout (a new file is readable by its owner only)",
+    )
     p.add_argument(
         "--live", action="store_true", help="recompute a closed month instead of its snapshot"
     )

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmpulse.core.registry import VersionRecord, plan_activate, plan_create
 from llmpulse.devstack import stack
-from llmpulse.processors import supervisor
+from llmpulse.processors import owner_only, supervisor
 from llmpulse.processors.billing import pricing, reports
 from llmpulse.processors.billing.allocation import render_csv, render_table
 from llmpulse.processors.prompts import ops
@@ -167,8 +167,8 @@ async def run_demo(
     _say()
     _say(render_table(report))
     csv_path = settings.state_dir / "reports" / f"cost-allocation-{period_start:%Y%m%dT%H%M%S}.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    csv_path.write_text(render_csv(report))
+    owner_only.private_dir(csv_path.parent)
+    owner_only.write_text(csv_path, render_csv(report))
     _say(f"==> cost allocation CSV written to {csv_path}")
     u = usage.stats
     ok = (

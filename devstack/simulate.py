@@ -18,7 +18,7 @@ from llmpulse.gateway.config import GatewayConfig
 from llmpulse.processors import supervisor
 from llmpulse.processors.errors import InputError
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.topics import create_topics
 from llmpulse.schemas.events import Operation
 from llmpulse.simulator import samples
@@ -99,9 +99,10 @@ def gateway_config(settings: Settings) -> GatewayConfig:
     """The gateway's view of the processors' settings (same topics, keys and services)."""
     return GatewayConfig(
         bootstrap_servers=kafka.bootstrap(settings),
-        redis_url=str(settings.redis_url),
+        redis_url=redis_client.url(settings),
         topic_prefix=settings.topic_prefix,
         spool_dir=settings.state_dir / "gateway-spool",
+        kafka_security=settings.kafka_security,
     )
 
 

@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from llmpulse.core.breaker import BreakerConfig, BreakerCore, breaker_key, classify
 from llmpulse.gateway import metrics
 from llmpulse.gateway.config import GatewayConfig
+from llmpulse.gateway.redis_health import RedisHealth
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import BreakerSnapshot, BreakerState, LLMOutcome
 
@@ -119,7 +120,8 @@ class BreakerView:
         self._tasks: list[asyncio.Task[None]] = []
         self._acquire = redis.register_script(serving.ACQUIRE_PERMIT)
         self._release = redis.register_script(serving.RELEASE_PERMIT)
-        self._redis_down_logged = False
+        #: Whether Redis answers this view (``redis_health.problem``: why not), logged on change.
+        self.redis_health = RedisHealth(log, "breaker view", "local breakers decide")
         self._counters: dict[tuple[str, Source], Any] = {}
         self._agent_seen: float | None = None
         self._last_heartbeat: bytes | None = None
@@ -289,13 +291,9 @@ class BreakerView:
                     pipe.hget(serving.breaker_key(self._config.topic_prefix, key), "snapshot")
                 heartbeat, model_keys, *raws = await pipe.execute()
         except _REDIS_ERRORS as exc:
-            if not self._redis_down_logged:
-                log.warning("breaker view: redis unavailable, local breakers decide: %s", exc)
-                self._redis_down_logged = True
+            self.redis_health.failed(exc)
             return False
-        if self._redis_down_logged:
-            log.warning("breaker view: redis is back, shared view restored")
-            self._redis_down_logged = False
+        self.redis_health.answered()
         now = self._mono()
         # A heartbeat that changed since the last read proves the worker ticked: no
         # clock comparison, so skew between hosts does not matter. (The worker's

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from llmpulse.core.kafka_security import ENV_VARS as KAFKA_SECURITY_VARS
+from llmpulse.core.kafka_security import KafkaSecurity
 from llmpulse.gateway.exceptions import ConfigError
 
 __all__ = ["ENV_VARS", "GatewayConfig", "redis_client"]
@@ -77,7 +79,10 @@ class GatewayConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: Annotated[str, Field(min_length=1)]
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: A secret (it may carry ``user:password@``): shown as ``**********``, revealed
+    #: only by :func:`redis_client`. ``rediss://`` takes TLS options in its query
+    #: (``?ssl_ca_certs=/path/ca.pem``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``).
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     # The workers' rule (processors.settings.Settings.topic_prefix): a prefix they
     # would refuse could never meet the gateway's topics and keys.
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$")] = ""
@@ -98,6 +103,9 @@ class GatewayConfig(BaseModel):
     permit_ttl_ms: Annotated[int, Field(ge=100)] = 30_000
     #: Redis socket timeout: a hung Redis must not hold a request longer than this.
     redis_timeout_seconds: Annotated[float, Field(gt=0)] = 0.25
+    #: How the emitter's producer authenticates (the workers' ``LLMPULSE_KAFKA_*``
+    #: security settings); plaintext by default.
+    kafka_security: KafkaSecurity = KafkaSecurity()
 
     if not TYPE_CHECKING:
         # Hidden from type checkers so the pydantic plugin keeps the typed
@@ -133,14 +141,25 @@ class GatewayConfig(BaseModel):
         ``LLMPULSE_GATEWAY_SNAPSHOT_STALE_SECONDS``   snapshot_stale_seconds      3.0
         ``LLMPULSE_GATEWAY_PERMIT_TTL_MS``            permit_ttl_ms               30000
         ``LLMPULSE_GATEWAY_REDIS_TIMEOUT_SECONDS``    redis_timeout_seconds       0.25
+        ``LLMPULSE_KAFKA_SECURITY_PROTOCOL``          kafka_security.protocol     PLAINTEXT
+        ``LLMPULSE_KAFKA_SASL_MECHANISM``             kafka_security.sasl_mech... none
+        ``LLMPULSE_KAFKA_SASL_USERNAME``              kafka_security.username     none
+        ``LLMPULSE_KAFKA_SASL_PASSWORD``              kafka_security.password     none
+        ``LLMPULSE_KAFKA_SSL_CA_FILE``                kafka_security.ca_file      system CAs
+        ``LLMPULSE_KAFKA_SSL_CERT_FILE``              kafka_security.cert_file    none
+        ``LLMPULSE_KAFKA_SSL_KEY_FILE``               kafka_security.key_file     none
+        ``LLMPULSE_KAFKA_SSL_CHECK_HOSTNAME``         kafka_security.check_hos... true
         ============================================  ==========================  ==========
 
-        The first three are the workers' own variables, so one environment
+        The first three and the Kafka security variables
+        (``llmpulse.core.kafka_security.ENV_VARS``, checked together by
+        ``KafkaSecurity``) are the workers' own variables, so one environment
         configures both. Other ``LLMPULSE_*`` variables (the workers') are
         ignored; an unknown ``LLMPULSE_GATEWAY_*`` variable (a typo) is an error.
         Raises :class:`~llmpulse.gateway.exceptions.ConfigError` naming every
         variable at fault (``names``) when the bootstrap servers are not set or a
-        value is invalid. Reads the mapping once and does no I/O.
+        value is invalid. Reads the mapping once; its only I/O checks that the
+        Kafka TLS files it names are readable.
         """
         env = os.environ if environ is None else environ
         unknown = sorted(
@@ -154,7 +173,12 @@ class GatewayConfig(BaseModel):
                 f"unknown gateway setting {', '.join(unknown)} (known: {', '.join(known)})",
                 names=unknown,
             )
-        data = {field: env[var] for field, var in ENV_VARS.items() if env.get(var)}
+        data: dict[str, Any] = {field: env[var] for field, var in ENV_VARS.items() if env.get(var)}
+        security = {f: env[var] for f, var in KAFKA_SECURITY_VARS.items() if env.get(var)}
+        try:
+            data["kafka_security"] = KafkaSecurity.model_validate(security)
+        except ValidationError as exc:
+            raise _config_error(exc, "environment", KAFKA_SECURITY_VARS) from None
         config = cls.__new__(cls)
         config._validate(data, "environment", ENV_VARS)
         return config
@@ -172,7 +196,7 @@ def redis_client(config: GatewayConfig) -> aioredis.Redis:
     """
     timeout = config.redis_timeout_seconds
     return aioredis.Redis.from_url(
-        config.redis_url,
+        config.redis_url.get_secret_value(),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),

@@ -69,8 +69,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
 from prometheus_client import Counter
 
+from llmpulse.core.kafka_security import KafkaSecurityError, preflight
 from llmpulse.gateway.config import GatewayConfig
-from llmpulse.gateway.exceptions import EmitterClosed, EmitterError
+from llmpulse.gateway.exceptions import ConfigError, EmitterClosed, EmitterError
 from llmpulse.gateway.metrics import (
     EMIT_QUEUE_DEPTH,
     EVENTS_DROPPED,
@@ -238,13 +239,25 @@ class EventEmitter:
 
         Never fails because Kafka is unreachable: the emitter then starts in
         spooling mode and keeps probing. Events left in the spool by an earlier
-        process are replayed in the background.
+        process are replayed in the background. Fails fast when Kafka refuses
+        ``config.kafka_security`` (wrong password, untrusted certificate, a TLS
+        file that cannot be loaded): :class:`ConfigError` naming the
+        ``LLMPULSE_KAFKA_*`` variable, and the emitter is not started (no retry
+        would let it in; spooled events would only pile up).
         """
         if self._started:
             raise EmitterError("EventEmitter already started")
+        try:
+            unreachable = await preflight(
+                self._config.bootstrap_servers,
+                self._config.kafka_security,
+                timeout=self._request_timeout_ms / 1000,
+            )
+        except KafkaSecurityError as exc:
+            raise ConfigError(f"Kafka refused the gateway: {exc}", names=[exc.setting]) from None
         self._started = True
-        if not await self._ensure_producer():
-            self._enter_spooling("Kafka unreachable at start")
+        if unreachable is not None or not await self._ensure_producer():
+            self._enter_spooling(f"Kafka unreachable at start ({unreachable or 'no answer'})")
         else:
             # Events of an earlier process (or spilled before start) are replayed
             # alongside new events, which go straight to Kafka.
@@ -353,6 +366,7 @@ class EventEmitter:
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             bootstrap_servers=self._config.bootstrap_servers,
+            **self._config.kafka_security.aiokafka_options(),
             client_id=f"llmpulse-gateway-{self._config.instance_id}",
             acks="all",
             enable_idempotence=True,

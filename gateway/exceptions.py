@@ -5,7 +5,9 @@ a service can catch one node of the tree instead of a list of classes::
 
     GatewayError
     ├── ConfigError              GatewayConfig, GatewayConfig.from_env, Provider or
-    │                            ProviderOrchestrator was given a value that cannot work
+    │                            ProviderOrchestrator was given a value that cannot work,
+    │                            or EventEmitter.start found Kafka refusing its security
+    │                            settings (credentials, certificate, protocol)
     ├── InvalidRequest           the caller's request is invalid; no provider was called
     ├── ProviderError            raised BY a provider call function for a failed attempt;
     │                            the orchestrator classifies it and never lets it out

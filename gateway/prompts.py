@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from llmpulse.gateway.config import GatewayConfig
 from llmpulse.gateway.exceptions import PromptUnavailable as PromptUnavailable
+from llmpulse.gateway.redis_health import RedisHealth
 from llmpulse.schemas.serving import PromptView, prompt_key
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,8 @@ class PromptSelector:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._redis_down = False
+        #: Whether Redis answers (``redis_health.problem``: why not), logged on change.
+        self.redis_health = RedisHealth(log, "prompt selector", "serving last known prompt views")
 
     async def select(self, prompt_name: str, subject_id: str) -> PromptChoice:
         """The version ``subject_id`` gets (see ``assign``) from the current or last known view.
@@ -225,14 +227,10 @@ class PromptSelector:
         try:
             raw = await self._redis.get(key)
         except (RedisError, OSError) as exc:
-            if not self._redis_down:
-                self._redis_down = True
-                log.warning("Redis unreachable, serving last known prompt views: %r", exc)
+            self.redis_health.failed(exc)
             self._keep(prompt_name)
             return
-        if self._redis_down:
-            self._redis_down = False
-            log.info("Redis reachable again, prompt views refreshed")
+        self.redis_health.answered()
         if raw is None:
             # Unknown prompt, or Redis lost its data (the view is rebuildable and is
             # rewritten only on change): the last known view is the best answer.

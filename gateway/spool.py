@@ -4,7 +4,9 @@ Events Kafka could not take are appended here (one JSON object per line:
 topic, key, value, event_id) and replayed later. A segment's ``.acked`` cursor
 records how far replay got, so a restart continues after what Kafka already
 acknowledged; a partially written last line (a crash mid-write) is skipped.
-One process owns a spool directory at a time (``flock``).
+One process owns a spool directory at a time (``flock``). Spooled events hold
+user and organization data: the directory is 0700 and its files 0600, whatever
+the process umask.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ log = logging.getLogger(__name__)
 _SEGMENT_SUFFIX = ".jsonl"
 _CURSOR_SUFFIX = ".acked"
 _LOCK_NAME = ".lock"
+_FOLDER_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """``open()`` opener: a spool file is 0600 from its creation on (a umask only narrows)."""
+    fd = os.open(path, flags, _FILE_MODE)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class SpoolRecord(NamedTuple):
@@ -166,8 +181,11 @@ class Spool:
         self.directory = Path(directory)
         self._max_bytes = max_segment_bytes
         self._max_records = max_segment_records
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock: IO[bytes] | None = (self.directory / _LOCK_NAME).open("ab")
+        self.directory.mkdir(parents=True, exist_ok=True, mode=_FOLDER_MODE)
+        if self.directory.stat().st_uid == os.geteuid():
+            self.directory.chmod(_FOLDER_MODE)  # whatever the umask; a spool of an older version
+        lock = _owner_only(str(self.directory / _LOCK_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._lock: IO[bytes] | None = os.fdopen(lock, "ab")
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -291,7 +309,7 @@ class Spool:
         path = self.directory / f"{self._next_seq:012d}{_SEGMENT_SUFFIX}"
         self._next_seq += 1
         # "xb": a segment name is never reused, even if an old file were left over.
-        self._active = _Active(path, FileIO(path, "xb"))
+        self._active = _Active(path, FileIO(path, "xb", opener=_owner_only))
         self._counts[path] = 0
         return self._active
 
@@ -334,7 +352,7 @@ class Spool:
         """Record that ``segment`` is acknowledged up to ``offset`` (``records`` lines)."""
         path = segment.with_suffix(_CURSOR_SUFFIX)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as fh:
+        with open(tmp, "w", opener=_owner_only) as fh:
             fh.write(str(offset))
             fh.flush()
             os.fsync(fh.fileno())

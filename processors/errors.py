@@ -17,6 +17,7 @@ command maps :class:`InputError` to exit code 2 and every other node to 1)::
     │   ├── TopicMismatch            an existing Kafka topic differs from the registry
     │   └── UsageError               a command was called wrongly (``llmpulse.cli.common``)
     └── ServiceError             a service is missing, unreachable or would not start
+        ├── RedisRefused             Redis refused the credentials or TLS of LLMPULSE_REDIS_URL
         ├── StackError               a local stack operation (up, down, endpoints) failed
         └── TopicMissing             a topic llmpulse reads does not exist on the cluster
 
@@ -28,7 +29,8 @@ Where each one is defined: ``ClickHouseConfigError`` in
 ``llmpulse.processors.billing.pricing``, ``ScenarioError`` in
 ``llmpulse.devstack.simulate``, ``StackError`` in ``llmpulse.devstack.stack``,
 ``TopicMismatch`` in ``llmpulse.processors.stream.topics`` and ``TopicMissing`` in
-``llmpulse.processors.stream.kafka``.
+``llmpulse.processors.stream.kafka``, ``RedisRefused`` in
+``llmpulse.processors.stream.redis_client``.
 The input errors also stay ``ValueError`` and ``ServiceAddressMissing`` stays
 ``RuntimeError``, so older ``except`` clauses keep working.
 

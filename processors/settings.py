@@ -24,8 +24,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -34,6 +35,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from llmpulse.core.kafka_security import ENV_VARS as KAFKA_SECURITY_VARS
+from llmpulse.core.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 from llmpulse.processors import addresses
 from llmpulse.processors.errors import ConfigError
 from llmpulse.schemas.events import EventTimeBounds
@@ -65,6 +68,11 @@ class ServiceAddressMissing(ConfigError, RuntimeError):
         self.setting = name
 
 
+def _security_field(field: str) -> str:
+    """The ``Settings`` field of a ``KafkaSecurity`` field (its variable without the prefix)."""
+    return KAFKA_SECURITY_VARS[field].removeprefix(PREFIX).lower()
+
+
 class Settings(BaseSettings):
     """Validated configuration for every llmpulse command and worker.
 
@@ -91,11 +99,17 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None, max_length=4096, description="host:port[,host:port]"
     )
-    redis_url: str | None = Field(default=None, max_length=4096, description="redis://host:port/db")
+    # Secrets (a URL or DSN may carry a password): repr, str and logs show ``**********``;
+    # ``get_secret_value()`` only where a client is built, ``addresses.redacted`` in messages.
+    redis_url: SecretStr | None = Field(
+        default=None,
+        max_length=4096,
+        description="redis://host:port/db, or rediss://user:pw@host:port/db?ssl_ca_certs=/ca.pem",
+    )
     prometheus_url: str | None = Field(
         default=None, max_length=4096, description="http://host:port"
     )
-    clickhouse_dsn: str | None = Field(
+    clickhouse_dsn: SecretStr | None = Field(
         default=None,
         max_length=4096,
         description="chdb:///path (embedded, default <state_dir>/chdb) or http(s)://user:pw@host:port/db",
@@ -104,6 +118,27 @@ class Settings(BaseSettings):
     test_services: Literal["local", "testcontainers"] = Field(
         default="local",
         description="Test fixtures start local processes, or testcontainers (needs Docker).",
+    )
+
+    # --- Kafka security (checked together: llmpulse.core.kafka_security) ----------
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)"
+    )
+    kafka_sasl_username: str | None = Field(default=None, max_length=1024)
+    # Unbounded: pydantic's length error would quote the start of the password.
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates of the brokers (default: the system's)"
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate (mutual TLS), with the key file"
+    )
+    kafka_ssl_key_file: Path | None = Field(default=None, description="its unencrypted PEM key")
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="Verify that the broker's certificate names its host."
     )
 
     # --- topics ----------------------------------------------------------------
@@ -227,8 +262,10 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
-        return value and addresses.redis_url(value)
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value:
+            addresses.redis_url(value.get_secret_value())
+        return value
 
     @field_validator("prometheus_url")
     @classmethod
@@ -237,8 +274,45 @@ class Settings(BaseSettings):
 
     @field_validator("clickhouse_dsn")
     @classmethod
-    def _clickhouse_dsn(cls, value: str | None) -> str | None:
-        return value and addresses.clickhouse_dsn(value)
+    def _clickhouse_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value:
+            addresses.clickhouse_dsn(value.get_secret_value())
+        return value
+
+    @field_validator(*(_security_field(f) for f in KAFKA_SECURITY_VARS), mode="before")
+    @classmethod
+    def _kafka_empty_is_unset(cls, value: Any) -> Any:
+        # An empty variable is an unset one (KafkaSecurity reads them alike).
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _kafka_security_valid(self) -> Settings:
+        self.kafka_security  # noqa: B018 (raises on settings that cannot work together)
+        return self
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """The Kafka clients' security, from the ``kafka_security_protocol`` to ``kafka_ssl_*``.
+
+        Checked when the settings load: settings that cannot work together raise
+        a ``ValidationError`` located at the field at fault, so the command line
+        names its ``LLMPULSE_*`` variable.
+        """
+        values = {field: getattr(self, _security_field(field)) for field in KAFKA_SECURITY_VARS}
+        try:
+            return KafkaSecurity(**values)
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(e["type"], e["msg"]),
+                        loc=(_security_field(str(e["loc"][0])),),
+                        input=None,
+                    )
+                    for e in exc.errors(include_input=False, include_url=False)
+                ],
+            ) from None
 
     @property
     def chdb_dir(self) -> Path:
@@ -247,9 +321,13 @@ class Settings(BaseSettings):
 
     @property
     def effective_clickhouse_dsn(self) -> str:
-        """The configured DSN, or an embedded chDB one under ``state_dir``."""
+        """The configured DSN, or an embedded chDB one under ``state_dir``.
+
+        Revealed (a server DSN may hold a password): hand it to a client, and to
+        a message only through ``addresses.redacted``.
+        """
         if self.clickhouse_dsn:
-            return self.clickhouse_dsn
+            return self.clickhouse_dsn.get_secret_value()
         return f"chdb://{self.chdb_dir.resolve()}"
 
     @property
@@ -261,16 +339,21 @@ class Settings(BaseSettings):
         """Environment for an ``llmpulse`` child process on the same services.
 
         Starts from this process's environment without any ``LLMPULSE_*``
-        variable, then sets the service addresses, topic prefix and state folder
-        of these settings, then ``extra`` (``LLMPULSE_*`` names).
+        variable, then sets the service addresses, Kafka security settings,
+        topic prefix and state folder of these settings, then ``extra``
+        (``LLMPULSE_*`` names). Holds the passwords in clear text (the child needs
+        them): never log it.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
         env["LLMPULSE_STATE_DIR"] = str(self.state_dir.resolve())
         env["LLMPULSE_TOPIC_PREFIX"] = self.topic_prefix
         for name in ("kafka_bootstrap", "redis_url", "prometheus_url"):
             value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()  # the child needs the password itself
             if value:
-                env[f"LLMPULSE_{name.upper()}"] = str(value)
+                env[f"LLMPULSE_{name.upper()}"] = value
+        env.update(self.kafka_security.environment())
         env.update(extra)
         return env
 

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
+from pydantic import SecretStr
 
 from llmpulse.devstack import stack
 from llmpulse.processors.settings import Settings
@@ -64,7 +65,7 @@ def _containers(settings: Settings) -> Iterator[Settings]:  # pragma: no cover -
             update["kafka_bootstrap"] = k.get_bootstrap_server()
         if not settings.redis_url:
             r = stack_.enter_context(RedisContainer("redis:7-alpine"))
-            update["redis_url"] = (
+            update["redis_url"] = SecretStr(
                 f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}/0"
             )
         yield settings.model_copy(update=update)
@@ -185,7 +186,7 @@ async def behind(
 
 async def assigned_members(settings: Settings, group: str) -> int:
     """Members of consumer ``group`` that hold an assignment (0 while it rebalances)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(settings))
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
     await admin.start()
     try:
         try:

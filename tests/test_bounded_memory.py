@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import pytest
 from faust.types import TP
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from llmpulse.core.breaker import BreakerConfig
@@ -54,7 +55,7 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(
         state_dir=tmp_path,
         kafka_bootstrap="127.0.0.1:1",
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
         prompt_windows=[60, 300],
         prompt_window_grace_seconds=10,
         prompt_partial_retention_seconds=120,

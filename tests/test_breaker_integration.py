@@ -25,7 +25,7 @@ from llmpulse.devstack.simulate import gateway_config
 from llmpulse.gateway.breaker_view import BreakerView, Source
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks.breaker_transitions import BreakerTransitionsSink
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.clickhouse import run_query
 from llmpulse.processors.stream.codec import encode
 from llmpulse.schemas import ErrorClass, LLMOutcome, Operation, OutcomeStatus, serving
@@ -113,7 +113,7 @@ def worker(topics: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture
 async def rds(topics: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(str(topics.redis_url))
+    client = redis_client.connect(topics)
     yield client
     await client.aclose()
 

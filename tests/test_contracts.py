@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 import llmpulse.processors.sinks as sinks_package
 from llmpulse.core.breaker import BreakerConfig, breaker_key
@@ -42,7 +43,7 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(
         state_dir=tmp_path,
         kafka_bootstrap="127.0.0.1:1",
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
         topic_prefix="x.",
     )
 
@@ -64,7 +65,9 @@ def test_agent_and_gateway_pick_the_same_breaker() -> None:
         BreakerConfig(),
         {"openai": BreakerConfig(), "openai/gpt-4o": BreakerConfig(), "b/m1": BreakerConfig()},
     )
-    config = GatewayConfig(bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0")
+    config = GatewayConfig(
+        bootstrap_servers="127.0.0.1:1", redis_url=SecretStr("redis://127.0.0.1:1/0")
+    )
     view = BreakerView(redis_client(config), config, ["openai", "b", "c"])
     # What the breaker worker publishes with its heartbeat (serving.model_breakers_key).
     assert view._follow_model_keys(json.dumps(configs.model_keys()))

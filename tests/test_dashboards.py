@@ -9,10 +9,13 @@ every dashboard expression are validated by it as well.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import stat
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from prometheus_client import REGISTRY
 import llmpulse.gateway.metrics
 import llmpulse.processors.stream.metrics  # noqa: F401  (registers the processors' metrics)
 from llmpulse.cli import worker_flows
+from llmpulse.processors.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
@@ -32,6 +36,14 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS_CONFIG = ROOT / "ops" / "compose" / "prometheus.yml"
 ALERTS = ROOT / "ops" / "compose" / "alerts.yml"
 ALERT_TESTS = ROOT / "ops" / "compose" / "alerts.test.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+KAFKA_SECURE_CONFIG = ROOT / "ops" / "compose" / "kafka-secure.properties"
+KAFKA_SECURE_START = ROOT / "ops" / "compose" / "kafka-secure.sh"
+MAKE_CERTS = ROOT / "ops" / "compose" / "make-certs.sh"
+#: The folder the user makes with ``sh ops/compose/make-certs.sh`` (not in the checkout),
+#: and the files of it that containers mount.
+CERTS = "certs"
+MADE_CERTS = frozenset({"ca.pem", "kafka.pem"})
 
 # Metric names the dashboards and alert rules may query. The first five are the seed's
 # names (kept so its dashboard works as written); the rest are llmpulse's processing
@@ -407,21 +419,29 @@ def test_compose_depends_on_existing_services() -> None:
                     assert "healthcheck" in services[dep], f"{dep} has no healthcheck"
 
 
-def test_compose_workers() -> None:
+@pytest.mark.parametrize(
+    ("profile", "suffix", "kafka"),
+    [("plaintext", "", "kafka:9092"), ("secure", "-secure", "kafka-secure:9092")],
+)
+def test_compose_workers(profile: str, suffix: str, kafka: str) -> None:
     services = compose_services()
-    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
-    assert set(workers) == {f"worker-{flow}" for flow in worker_flows()}
+    workers = {
+        name: s
+        for name, s in services.items()
+        if name.startswith("worker-") and s["profiles"] == [profile]
+    }
+    assert set(workers) == {f"worker-{flow}{suffix}" for flow in worker_flows()}
     commands: set[tuple[str, ...]] = set()
     for name, service in workers.items():
         command = service["command"]
         cmd = tuple(command.split() if isinstance(command, str) else command)
         assert cmd in WORKER_COMMANDS, f"{name}: {cmd}"
-        assert name == f"worker-{cmd[1]}"
+        assert name == f"worker-{cmd[1]}{suffix}"
         commands.add(cmd)
         env = service["environment"]
-        assert env["LLMPULSE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert env["LLMPULSE_KAFKA_BOOTSTRAP"] == kafka
         assert env["LLMPULSE_METRICS_PORT"] == "9464"
-        assert service["depends_on"]["llmpulse-init"]["condition"] == (
+        assert service["depends_on"][f"llmpulse-init{suffix}"]["condition"] == (
             "service_completed_successfully"
         )
     assert commands == WORKER_COMMANDS
@@ -437,11 +457,12 @@ def test_compose_simulate_job_is_a_valid_command() -> None:
     assert args.outage == ["openai:10-40"]
 
 
-def test_compose_init_job() -> None:
-    init = compose_services()["llmpulse-init"]
+@pytest.mark.parametrize("name", ["llmpulse-init", "llmpulse-init-secure"])
+def test_compose_init_job(name: str) -> None:
+    init = compose_services()[name]
     assert init["restart"] == "no"
     assert init["command"] == ["llmpulse topics create && llmpulse migrate"]
-    assert "llmpulse-init" not in init["depends_on"]
+    assert name not in init["depends_on"]
 
 
 def test_compose_named_volumes_declared() -> None:
@@ -452,8 +473,213 @@ def test_compose_named_volumes_declared() -> None:
             source = mount.split(":")[0]
             if not source.startswith((".", "/")):
                 assert source in declared, f"{name} uses undeclared volume {source!r}"
+            elif source.startswith(f"./{CERTS}/"):
+                assert source.removeprefix(f"./{CERTS}/") in MADE_CERTS, (name, source)
             else:
                 assert (ROOT / source).exists(), f"{name} mounts missing path {source!r}"
+
+
+# --- docker compose: exposure, credentials, the secure profile (issue 14) -------------------
+
+#: ``${NAME}``, ``${NAME:-default}`` or ``${NAME:?message}``, as Compose interpolates them.
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::(?P<op>[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """``text`` as Compose reads it with ``env`` (.env); KeyError for a required one unset."""
+
+    def value(match: re.Match[str]) -> str:
+        got = env.get(match["name"], "")
+        if not got and match["op"] == "?":
+            raise KeyError(match["name"])
+        return got or (match["arg"] if match["op"] == "-" else "")
+
+    return _VARIABLE.sub(value, text)
+
+
+def env_example() -> dict[str, str]:
+    """The settings of .env.example."""
+    lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if line.strip()]
+    return dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+
+
+def properties(path: Path) -> dict[str, str]:
+    """A Java properties file (one ``key=value`` a line, ``#`` comments)."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """Container path -> host source of a service's volumes."""
+    return {m.split(":")[1]: m.split(":")[0] for m in service.get("volumes", [])}
+
+
+def test_compose_ports_are_published_on_loopback_only() -> None:
+    published = {name: s.get("ports", []) for name, s in compose_services().items()}
+    assert any(published.values())
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str), f"{name}: {port!r}"
+            host, _, _ = port.rpartition(":")
+            assert host.startswith("127.0.0.1:"), f"{name}: {port}"
+            assert host.count(":") == 1, f"{name}: {port}"
+
+
+def test_compose_images_are_pinned_to_exact_versions() -> None:
+    for name, service in compose_services().items():
+        image = service["image"]
+        if "build" in service:
+            assert image == "llmpulse:local", name
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository, f"{name}: {image} has no tag"
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+(\.\d+)?(-[a-z]+)?", tag), f"{name}: {image}"
+
+
+def test_prometheus_has_no_lifecycle_api() -> None:
+    command = compose_services()["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    assert not [arg for arg in command if "lifecycle" in arg]
+
+
+def test_compose_has_no_default_credentials() -> None:
+    services = compose_services()
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    sentinels = {m["name"]: f"<{m['name']}>" for m in _VARIABLE.finditer(COMPOSE.read_text())}
+    checked = 0
+    for name, service in services.items():
+        for key, raw in (service.get("environment") or {}).items():
+            if "PASSWORD" in key:  # required from .env, or empty (the secure profile's)
+                with contextlib.suppress(KeyError):
+                    assert interpolate(str(raw), {}) == "", f"{name}: {key} has a default"
+                checked += 1
+            for userinfo in re.findall(r"://([^/@]*)@", interpolate(str(raw), sentinels)):
+                password = userinfo.partition(":")[2]
+                assert re.fullmatch(r"<\w+>", password), f"{name}: {key} has a literal password"
+                checked += 1
+    assert checked >= 8
+    required = {m["name"] for m in _VARIABLE.finditer(COMPOSE.read_text()) if m["op"] == "?"}
+    assert {"GRAFANA_ADMIN_PASSWORD", "CLICKHOUSE_PASSWORD", "REDIS_PASSWORD"} <= required
+
+
+def test_a_missing_secret_stops_compose_with_its_name() -> None:
+    required = [m for m in _VARIABLE.finditer(COMPOSE.read_text()) if m["op"] == "?"]
+    assert required
+    for match in required:
+        assert match["name"] in match["arg"], match[0]
+        assert ".env.example" in match["arg"], match[0]
+
+
+def test_env_example_documents_every_compose_variable() -> None:
+    example = env_example()
+    used = {m["name"] for m in _VARIABLE.finditer(COMPOSE.read_text())}
+    assert used <= set(example)
+    # The CLI reads LLMPULSE_* from .env as well: Compose's settings must not look like its own.
+    assert [name for name in example if name.startswith("LLMPULSE_")] == []
+    passwords = {name: value for name, value in example.items() if "PASSWORD" in name}
+    assert passwords == dict.fromkeys(passwords, "")
+    assert example["COMPOSE_PROFILES"] == "plaintext"
+
+
+def test_compose_profiles_never_mix_the_two_kafkas() -> None:
+    services = compose_services()
+    profiles = {name: service.get("profiles", []) for name, service in services.items()}
+    assert (profiles["kafka"], profiles["kafka-secure"]) == (["plaintext"], ["secure"])
+    for name, service in services.items():
+        for dep in service.get("depends_on", {}):
+            # Shared services need no Kafka; the simulate job runs on the plaintext one.
+            assert profiles[dep] in ([], profiles[name]) or name == "simulate", (name, dep)
+
+
+def test_compose_secure_profile_runs_kafka_with_sasl_ssl_listeners_only() -> None:
+    kafka = compose_services()["kafka-secure"]
+    assert kafka["entrypoint"] == ["/bin/bash", "/etc/llmpulse/kafka-secure.sh"]
+    assert mounts(kafka) | {"/var/lib/kafka/data": ""} == {
+        "/etc/llmpulse/kafka-secure.sh": "./ops/compose/kafka-secure.sh",
+        "/etc/llmpulse/server.properties": "./ops/compose/kafka-secure.properties",
+        "/etc/llmpulse/certs/kafka.pem": f"./{CERTS}/kafka.pem",
+        "/var/lib/kafka/data": "",
+    }
+    config = properties(KAFKA_SECURE_CONFIG)
+    protocols = dict(p.split(":") for p in config["listener.security.protocol.map"].split(","))
+    listeners = dict(entry.split("://") for entry in config["listeners"].split(","))
+    for listener, address in listeners.items():
+        # Only the container's loopback (the broker itself) is not SASL_SSL.
+        assert protocols[listener] == "SASL_SSL" or address.startswith("localhost:"), listener
+    published = {port.rpartition(":")[2] for port in kafka["ports"]}
+    assert {address.rpartition(":")[2] for address in listeners.values()} >= published
+    assert [protocols[n] for n, a in listeners.items() if a.endswith(tuple(published))] == [
+        "SASL_SSL"
+    ]
+    advertised = dict(entry.split("://") for entry in config["advertised.listeners"].split(","))
+    assert advertised["INTERNAL"] == "kafka-secure:9092"
+    assert config["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert config["ssl.keystore.location"] == "/etc/llmpulse/certs/kafka.pem"
+    # The SCRAM credential is made the KRaft way: when the storage is formatted.
+    start = KAFKA_SECURE_START.read_text()
+    assert "kafka-storage.sh format" in start
+    assert '--add-scram "SCRAM-SHA-512=[name=$SCRAM_USERNAME,password=$SCRAM_PASSWORD]"' in start
+
+
+def test_compose_secure_workers_use_sasl_ssl_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    services = compose_services()
+    secure = {n: s for n, s in services.items() if s.get("profiles") == ["secure"] and "build" in s}
+    assert set(secure) == {"llmpulse-init-secure"} | {f"worker-{f}-secure" for f in worker_flows()}
+    filled = env_example() | {name: "0123abcd" for name in env_example() if "PASSWORD" in name}
+    ca_file = tmp_path / "ca.pem"  # stands for the container's mounted file
+    ca_file.write_text("")
+    for name, service in secure.items():
+        env = {
+            key: interpolate(str(value), filled) for key, value in service["environment"].items()
+        }
+        assert env["LLMPULSE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert mounts(service)[env["LLMPULSE_KAFKA_SSL_CA_FILE"]] == f"./{CERTS}/ca.pem", name
+        if name.startswith("worker-"):  # Prometheus scrapes them under the plaintext names
+            assert service["networks"]["default"]["aliases"] == [name.removesuffix("-secure")]
+        # Every name and value is one llmpulse accepts.
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("LLMPULSE_KAFKA_SSL_CA_FILE", str(ca_file))
+        settings = Settings(_env_file=None)
+        assert settings.kafka_security_protocol == "SASL_SSL"
+        assert (settings.kafka_sasl_mechanism, settings.kafka_sasl_username) == (
+            "SCRAM-SHA-512",
+            "llmpulse",
+        )
+        assert settings.kafka_sasl_password is not None
+        assert settings.kafka_sasl_password.get_secret_value() == "0123abcd"
+        assert settings.kafka_ssl_check_hostname
+
+
+def test_make_certs_makes_private_files_and_a_certificate_for_kafka_secure(
+    tmp_path: Path,
+) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl")
+    made = subprocess.run(
+        ["sh", str(MAKE_CERTS)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert made.returncode == 0, made.stderr
+    certs = tmp_path / CERTS
+    assert {path.name for path in certs.iterdir()} >= MADE_CERTS
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (certs, certs / "ca.key")}
+    modes["kafka.pem"] = stat.S_IMODE((certs / "kafka.pem").stat().st_mode)
+    assert modes == {CERTS: 0o700, "ca.key": 0o600, "kafka.pem": 0o600}
+    # Kafka's PEM key store: the unencrypted PKCS#8 key, then the certificate.
+    assert (certs / "kafka.pem").read_text().startswith("-----BEGIN PRIVATE KEY-----")
+
+    def openssl_out(*args: str) -> str:
+        done = subprocess.run([openssl, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    names = openssl_out("x509", "-in", str(certs / "kafka.pem"), "-noout", "-ext", "subjectAltName")
+    san = {name.strip() for name in names.splitlines()[-1].split(",")}
+    assert san == {"DNS:kafka-secure", "DNS:localhost", "IP Address:127.0.0.1"}
+    openssl_out("verify", "-CAfile", str(certs / "ca.pem"), str(certs / "kafka.pem"))
 
 
 def test_every_llmpulse_metric_queried_is_defined_in_code() -> None:

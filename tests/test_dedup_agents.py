@@ -15,6 +15,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+from pydantic import SecretStr
+
 from llmpulse.core.breaker import BreakerConfig
 from llmpulse.processors.breaker.agent import BreakerService
 from llmpulse.processors.breaker.config import BreakerConfigs
@@ -53,7 +55,9 @@ class Rec(NamedTuple):
 
 def _settings(tmp_path: Path) -> Settings:
     return Settings(
-        state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"
+        state_dir=tmp_path,
+        kafka_bootstrap="127.0.0.1:1",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
     )
 
 

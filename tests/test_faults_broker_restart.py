@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.devstack import stack
@@ -34,7 +33,7 @@ from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks.prompts import PromptPerformanceSink
 from llmpulse.processors.sinks.usage import UsageSink
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.faust_app import app_id
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import BreakerSnapshot
@@ -102,7 +101,7 @@ async def test_broker_restart_mid_stream_keeps_every_result_exact(
     usage = UsageSink(settings, ch, group="sink-restart", max_rows=200, max_seconds=0.3)
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(usage.run(stop))]
     producer = kafka.producer(settings)
-    rds = aioredis.Redis.from_url(str(settings.redis_url))
+    rds = redis_client.connect(settings)
 
     async def where() -> str:
         parts = [f"usage consumed {usage.stats.consumed}"]

@@ -37,13 +37,13 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-import redis.asyncio as aioredis
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.processors.breaker.ops import send_control
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks import base
 from llmpulse.processors.sinks.usage import UsageSink
+from llmpulse.processors.stream import redis_client
 from llmpulse.processors.stream.faust_app import app_id
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import BreakerAction, BreakerSnapshot, BreakerState
@@ -161,7 +161,7 @@ class _Breaker:
         self.tmp = tmp
         self.group = app_id(settings, "breaker")
         (tmp / "breaker.yaml").write_text(BREAKER_CONFIG.format(open_seconds=open_seconds))
-        self.rds = aioredis.Redis.from_url(str(settings.redis_url))
+        self.rds = redis_client.connect(settings)
         self.key = serving.breaker_key(settings.topic_prefix, "prov-z")
         self.versions: list[int] = []  # every version read from Redis, in order
         self.procs: list[subprocess.Popen[bytes]] = []

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from pydantic import SecretStr
 
 from llmpulse.core.rollup import Partial
 from llmpulse.processors.breaker.agent import BreakerService
@@ -30,7 +31,7 @@ def test_every_table_changelog_is_created_up_front(tmp_path: Path) -> None:
     settings = Settings(
         state_dir=tmp_path,
         kafka_bootstrap="127.0.0.1:1",
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
         topic_prefix="x.",
     )
     actual = set()
@@ -107,7 +108,7 @@ def test_faust_apps_use_the_changelog_first_transport(tmp_path: Path) -> None:
     settings = Settings(
         state_dir=tmp_path,
         kafka_bootstrap="127.0.0.1:1",
-        redis_url="redis://127.0.0.1:1/0",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
     )
     app = create_app(settings, "prompts")
     assert isinstance(app.producer, AckTrackingProducer)
@@ -118,7 +119,9 @@ async def test_a_closed_window_is_published_only_after_its_changelog_writes(
     tmp_path: Path,
 ) -> None:
     settings = Settings(
-        state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"
+        state_dir=tmp_path,
+        kafka_bootstrap="127.0.0.1:1",
+        redis_url=SecretStr("redis://127.0.0.1:1/0"),
     )
     service = PromptsService(settings)
     sent: list[str] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 import llmpulse.gateway
 from llmpulse.gateway import (
@@ -162,11 +162,11 @@ FULL_ENV = {
 
 
 def test_from_env_reads_one_variable_per_field() -> None:
-    assert set(ENV_VARS) == set(GatewayConfig.model_fields)
+    assert set(ENV_VARS) | {"kafka_security"} == set(GatewayConfig.model_fields)
     config = GatewayConfig.from_env(FULL_ENV)
     assert config == GatewayConfig(
         bootstrap_servers="kafka-1:9092,kafka-2:9092",
-        redis_url="redis://cache:6380/2",
+        redis_url=SecretStr("redis://cache:6380/2"),
         topic_prefix="staging.",
         instance_id="api-7",
         spool_dir=Path("/var/spool/llmpulse"),
@@ -304,7 +304,9 @@ def test_provider_configuration_errors_are_config_errors() -> None:
 
 # --- the orchestrator: bad input, invalid results ---------------------------------------------
 
-CONFIG = GatewayConfig(bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0")
+CONFIG = GatewayConfig(
+    bootstrap_servers="127.0.0.1:1", redis_url=SecretStr("redis://127.0.0.1:1/0")
+)
 GOOD = Completion(content="ok", input_tokens=10, output_tokens=5, cost_usd=Decimal("0.000123"))
 
 

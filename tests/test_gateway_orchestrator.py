@@ -17,6 +17,7 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from llmpulse.core.breaker import BreakerConfig
 from llmpulse.gateway.breaker_view import BreakerView, Source
@@ -32,6 +33,7 @@ from llmpulse.gateway.orchestrator import (
     RequestRejected,
 )
 from llmpulse.processors.settings import Settings
+from llmpulse.processors.stream.redis_client import url as redis_url
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import (
     BreakerSnapshot,
@@ -83,7 +85,9 @@ class FakeProvider:
         return Completion(input_tokens=10, output_tokens=5, cost_usd=Decimal("0.000123"))
 
 
-CONFIG = GatewayConfig(bootstrap_servers="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0")
+CONFIG = GatewayConfig(
+    bootstrap_servers="127.0.0.1:1", redis_url=SecretStr("redis://127.0.0.1:1/0")
+)
 
 
 def _setup(
@@ -364,7 +368,7 @@ async def _shared_half_open(
     """Provider a half-open in the shared view (generation 7, two permits), b closed."""
     config = GatewayConfig(
         bootstrap_servers="127.0.0.1:1",
-        redis_url=str(settings.redis_url),
+        redis_url=redis_url(settings),
         topic_prefix=settings.topic_prefix,
     )
     rds = redis_client(config)
@@ -425,7 +429,7 @@ async def test_shared_probe_permits_are_kept_on_failure_and_freed_on_client_erro
 async def test_without_a_live_breaker_worker_the_shared_view_is_stale(settings: Settings) -> None:
     config = GatewayConfig(
         bootstrap_servers="127.0.0.1:1",
-        redis_url=str(settings.redis_url),
+        redis_url=redis_url(settings),
         topic_prefix=settings.topic_prefix,
         snapshot_stale_seconds=0.5,
     )

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.core.rollup import SKETCH_ALPHA, sketch_quantile
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks.prompts import PromptPerformanceSink, PromptVersionsSink
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.codec import encode
 from llmpulse.schemas import ErrorClass, Feedback, LLMOutcome, Operation, OutcomeStatus, serving
 from llmpulse.schemas.topics import FEEDBACK, OUTCOMES, PROMPT_VERSIONS
@@ -114,7 +113,7 @@ async def test_registry_commands_validate_and_materialize(
         stdout=(tmp_path / "w.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
-    rds = aioredis.Redis.from_url(str(settings.redis_url))
+    rds = redis_client.connect(settings)
     try:
         key = serving.prompt_key(settings.topic_prefix, "greet")
         deadline = time.monotonic() + 60

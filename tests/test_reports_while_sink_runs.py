@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from pydantic import SecretStr
 
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks import base
@@ -277,7 +278,9 @@ def test_a_stale_socket_of_a_dead_worker_falls_back_to_the_folder(
 def test_a_stuck_worker_is_a_one_line_error_not_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings().model_copy(update={"clickhouse_dsn": f"chdb://{tmp_path / 'chdb'}"})
+    settings = Settings().model_copy(
+        update={"clickhouse_dsn": SecretStr(f"chdb://{tmp_path / 'chdb'}")}
+    )
     monkeypatch.setattr(chdb_socket, "ANSWER_SECONDS", 0.2)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
         stuck.bind(str(tmp_path / "chdb.sock"))

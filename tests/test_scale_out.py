@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiokafka.partitioner import DefaultPartitioner
 from clickhouse_connect.driver.client import Client
 
@@ -56,7 +55,7 @@ from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.breaker.ops import send_control
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.sinks.prompts import PromptPerformanceSink
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.codec import encode
 from llmpulse.processors.stream.faust_app import app_id
 from llmpulse.schemas import ErrorClass, Feedback, LLMOutcome, Operation, OutcomeStatus, serving
@@ -320,7 +319,7 @@ async def test_two_workers_per_group_survive_a_sigkill_exactly(
     producer = kafka.producer(settings)
     stop = asyncio.Event()
     sink_task: asyncio.Task[Any] | None = None
-    rds = aioredis.Redis.from_url(str(settings.redis_url))
+    rds = redis_client.connect(settings)
     try:
         await producer.start()
         await fleet.start()

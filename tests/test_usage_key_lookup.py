@@ -16,6 +16,7 @@ from uuid import UUID
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from pydantic import SecretStr
 
 from llmpulse.core.usage import Pending
 from llmpulse.processors.settings import Settings
@@ -44,7 +45,7 @@ def _pending(outcomes: list[LLMOutcome]) -> list[Pending]:
 
 def _sink(ch: Client, server: bool = False) -> UsageSink:
     """The sink on ``ch``; with ``server`` it takes the lookup path of an http(s) DSN."""
-    settings = Settings(clickhouse_dsn="http://localhost:8123") if server else Settings()
+    settings = Settings(clickhouse_dsn=SecretStr("http://localhost:8123")) if server else Settings()
     return UsageSink(settings, ch, group="key-lookup")
 
 

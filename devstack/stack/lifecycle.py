@@ -10,6 +10,8 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 
+from pydantic import SecretStr
+
 from llmpulse.devstack.stack.model import (
     SERVICES,
     ServiceName,
@@ -21,7 +23,9 @@ from llmpulse.devstack.stack.model import (
 from llmpulse.devstack.stack.paths import Paths, Record, load, load_ports, locked, save
 from llmpulse.devstack.stack.probes import PROBE_TIMEOUT, describe, probe, redact
 from llmpulse.devstack.stack.processes import owned, terminate
+from llmpulse.devstack.stack.secure import SECURE_PORT, is_secure
 from llmpulse.devstack.stack.services import prepare_and_launch
+from llmpulse.processors import owner_only
 from llmpulse.processors.settings import Settings
 
 # How long up() keeps probing a recorded, live service before restarting it: a
@@ -29,30 +33,39 @@ from llmpulse.processors.settings import Settings
 _REUSE_GRACE = 60.0
 
 
-def up(settings: Settings, progress: Callable[[str], None] = print_progress) -> StackEndpoints:
+def up(
+    settings: Settings,
+    progress: Callable[[str], None] = print_progress,
+    *,
+    secure: bool | None = None,
+) -> StackEndpoints:
     """Start (or reuse) the local stack and return its endpoints.
 
     Idempotent: healthy services recorded in ``stack.json`` are reused. Any other
     local service (never started, stopped by :func:`down` or :func:`stop_service`,
     crashed, hung, or running another Kafka version) is started on its last ports
     where they are still free, with its data: only ``down(wipe=True)`` deletes
-    data. Raises :class:`StackError` with a one-line reason when something
-    cannot start.
+    data. ``secure=True`` makes Kafka and Redis also serve their secure listeners
+    (:mod:`~llmpulse.devstack.stack.secure`), ``False`` drops them (a running
+    service is restarted with its data either way), None keeps what the stack
+    served last. Raises :class:`StackError` with a one-line reason when
+    something cannot start.
     """
     paths = Paths.of(settings)
-    paths.state.mkdir(parents=True, exist_ok=True)
+    owner_only.private_dir(paths.state)
     with locked(paths.lock_file):
         records = load(paths)
         last_ports = load_ports(paths)
+        want_secure = _want_secure(settings, secure, records, last_ports)
         plan: dict[ServiceName, Mapping[str, int] | None] = {}
         for name in SERVICES:
             ext = _external(settings, name)
             if ext is not None:
-                _check_external(name, ext, progress)
+                _check_external(settings, name, ext, progress)
                 continue
             rec = records.get(name)
             if rec is not None and owned(rec):
-                problem = _replace_because(settings, rec)
+                problem = _replace_because(settings, rec, want_secure)
                 if problem is None:
                     progress(f"{name}: already running on {rec.address} (pid {rec.pid})")
                     continue
@@ -64,15 +77,49 @@ def up(settings: Settings, progress: Callable[[str], None] = print_progress) -> 
         for name in plan:
             records.pop(name, None)
         save(paths, records)
-        prepare_and_launch(settings, paths, plan, records, progress)
+        prepare_and_launch(settings, paths, plan, records, progress, secure=want_secure)
         save(paths, records)
     return endpoints(settings)
 
 
-def _replace_because(settings: Settings, rec: Record) -> str | None:
+def _want_secure(
+    settings: Settings,
+    secure: bool | None,
+    records: Mapping[ServiceName, Record],
+    last_ports: Mapping[ServiceName, Mapping[str, int]],
+) -> bool:
+    """Whether Kafka and Redis are to serve their secure listeners (both or neither).
+
+    None: as they did last (running, or their last ports), so a plain ``up``
+    after ``up --secure`` keeps the listeners its clients were given.
+    """
+    external = [name for name in SECURE_PORT if _external(settings, name) is not None]
+    if secure is None:
+        secure = not external and any(
+            key in (rec.ports if (rec := records.get(name)) else last_ports.get(name, {}))
+            for name, key in SECURE_PORT.items()
+        )
+    if secure and external:
+        raise StackError(
+            f"the secure listeners need the local {' and '.join(external)}: unset "
+            + " and ".join(_EXTERNAL_SETTING[name] for name in external)
+        )
+    return secure
+
+
+_EXTERNAL_SETTING: dict[ServiceName, str] = {
+    "kafka": "LLMPULSE_KAFKA_BOOTSTRAP",
+    "redis": "LLMPULSE_REDIS_URL",
+    "prometheus": "LLMPULSE_PROMETHEUS_URL",
+}
+
+
+def _replace_because(settings: Settings, rec: Record, want_secure: bool) -> str | None:
     """Why the running ``rec`` must be restarted, or None to reuse it."""
     if rec.name == "kafka" and rec.version != settings.kafka_version:
         return f"runs kafka {rec.version}, wanted {settings.kafka_version}"
+    if rec.name in SECURE_PORT and is_secure(rec) != want_secure:
+        return "serves a secure listener" if is_secure(rec) else "serves no secure listener"
     problem = _unhealthy_for(rec, _REUSE_GRACE)
     return None if problem is None else f"is not answering ({problem})"
 
@@ -91,11 +138,13 @@ def _unhealthy_for(rec: Record, grace: float) -> str | None:
             return None
 
 
-def _check_external(name: ServiceName, url: str, progress: Callable[[str], None]) -> None:
+def _check_external(
+    settings: Settings, name: ServiceName, url: str, progress: Callable[[str], None]
+) -> None:
     deadline = time.monotonic() + 10.0
     while True:
         try:
-            detail = probe(name, url, PROBE_TIMEOUT)
+            detail = probe(name, url, PROBE_TIMEOUT, kafka_security=settings.kafka_security)
         except Exception as exc:
             if time.monotonic() > deadline:
                 raise StackError(
@@ -110,7 +159,8 @@ def _check_external(name: ServiceName, url: str, progress: Callable[[str], None]
 def _external(settings: Settings, name: ServiceName) -> str | None:
     value = {
         "kafka": settings.kafka_bootstrap,
-        "redis": settings.redis_url,
+        # Revealed for the probe's client; messages show it through ``redact``.
+        "redis": settings.redis_url.get_secret_value() if settings.redis_url else None,
         "prometheus": settings.prometheus_url,
     }[name]
     return value or None
@@ -159,7 +209,7 @@ def status(settings: Settings) -> dict[str, ServiceStatus]:
         ext = _external(settings, name)
         if ext is not None:
             try:
-                detail = probe(name, ext)
+                detail = probe(name, ext, kafka_security=settings.kafka_security)
                 out[name] = ServiceStatus(name, "external", redact(ext), None, detail)
             except Exception as exc:
                 out[name] = ServiceStatus(name, "unhealthy", redact(ext), None, describe(exc))
@@ -265,7 +315,13 @@ def start_service(
         records = load(paths)
         records.pop(service, None)
         prepare_and_launch(
-            settings, paths, {service: rec.ports}, records, progress, keep_stopped=True
+            settings,
+            paths,
+            {service: rec.ports},
+            records,
+            progress,
+            keep_stopped=True,
+            secure=is_secure(rec),
         )
         save(paths, records)
 
@@ -275,7 +331,7 @@ def with_endpoints(settings: Settings, ep: StackEndpoints) -> Settings:
     return settings.model_copy(
         update={
             "kafka_bootstrap": settings.kafka_bootstrap or ep.kafka_bootstrap,
-            "redis_url": settings.redis_url or ep.redis_url,
+            "redis_url": settings.redis_url or SecretStr(ep.redis_url),
             "prometheus_url": settings.prometheus_url or ep.prometheus_url,
         }
     )

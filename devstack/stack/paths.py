@@ -5,6 +5,10 @@
 restarted stack comes back where its clients expect it. Writers take
 :func:`locked` on :attr:`Paths.lock_file`, so ``up``, ``down`` and the outage
 helpers of several processes never interleave.
+
+The state folder holds the services' data and logs (organization and user
+data): the folders these helpers make or lock in are 0700 and the files they
+write 0600 (``llmpulse.processors.owner_only``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.devstack.stack.model import SERVICES, ServiceName
+from llmpulse.processors import owner_only
 from llmpulse.processors.settings import Settings
 
 _STATE_FORMAT = 1
@@ -66,6 +71,30 @@ class Paths:
     @property
     def kafka_data(self) -> Path:
         return self.service_dir("kafka") / "data"
+
+    @property
+    def kafka_keystore(self) -> Path:
+        """Key and certificate of the SASL_SSL listener in one PEM file (Kafka's PEM key store)."""
+        return self.service_dir("kafka") / "keystore.pem"
+
+    @property
+    def kafka_scram_stamp(self) -> Path:
+        """Fingerprint of the SCRAM credential Kafka's metadata holds (no secret in it)."""
+        return self.service_dir("kafka") / "scram.stamp"
+
+    @property
+    def redis_acl(self) -> Path:
+        return self.service_dir("redis") / "users.acl"
+
+    @property
+    def credentials_file(self) -> Path:
+        """Passwords of the secure listeners, readable by the owner only."""
+        return self.state / "credentials.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The private CA and the loopback certificate of the secure listeners."""
+        return self.state / "tls"
 
     @property
     def prometheus_config(self) -> Path:
@@ -167,18 +196,32 @@ def load_ports(paths: Paths) -> dict[ServiceName, dict[str, int]]:
     return {name: ports for name, ports in out.items() if ports}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half.
+
+    With ``mode`` (e.g. ``0o600`` for secrets) the file has that mode from its
+    creation on, so no other user can ever open it. Without, it is 0600 too (it
+    holds state); the folder is made or tightened to 0700.
+    """
+    owner_only.private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)  # left by a crash: the new file gets its mode afresh
+    if mode is None:
+        owner_only.write_text(tmp, text)
+    else:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as fh:
+            fh.write(text)
     os.replace(tmp, path)
 
 
 @contextlib.contextmanager
 def locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block.
+
+    The lock's folder (the state folder, a service's folder or the cache) is
+    made, or tightened to, 0700.
+    """
+    owner_only.private_dir(lock_path.parent)
     with lock_path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -1,8 +1,9 @@
 """What the services need before they can start: Java, the Kafka jars, Debian binaries,
 and the config templates shipped as package data of ``llmpulse.ops``.
 
-Java 17+ and Maven must already be installed; missing ``redis-server`` and
-``prometheus`` binaries are installed with ``apt-get``.
+Java 17+ and Maven must already be installed; missing ``redis-server``,
+``prometheus`` and (for the secure listeners) ``openssl`` binaries are installed
+with ``apt-get``.
 """
 
 from __future__ import annotations
@@ -168,18 +169,33 @@ def ensure_debian_binaries(
 ) -> dict[ServiceName, str]:
     """Path of the server binary of each of ``services`` (redis, prometheus).
 
+    Missing ones are installed as :func:`ensure_binaries` does.
+    """
+    paths = ensure_binaries(
+        {_DEBIAN_PACKAGES[name][0]: _DEBIAN_PACKAGES[name][1] for name in services}, progress
+    )
+    return {name: paths[_DEBIAN_PACKAGES[name][0]] for name in services}
+
+
+def ensure_openssl(progress: Callable[[str], None]) -> str:
+    """Path of ``openssl`` (it makes the secure listeners' certificates), installed if missing."""
+    return ensure_binaries({"openssl": "openssl"}, progress)["openssl"]
+
+
+def ensure_binaries(wanted: Mapping[str, str], progress: Callable[[str], None]) -> dict[str, str]:
+    """Path of each binary of ``wanted`` (binary -> Debian package that ships it).
+
     Missing ones are installed with ``apt-get`` (retried once after ``apt-get
     update``); raises :class:`StackError` if they cannot be.
     """
-    found: dict[ServiceName, str] = {}
-    missing: dict[ServiceName, str] = {}
-    for name in services:
-        binary, package = _DEBIAN_PACKAGES[name]
+    found: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for binary, package in wanted.items():
         path = _find_binary(binary)
         if path is None:
-            missing[name] = package
+            missing[binary] = package
         else:
-            found[name] = path
+            found[binary] = path
     if not missing:
         return found
     packages = sorted(set(missing.values()))
@@ -209,12 +225,11 @@ def ensure_debian_binaries(
             f"apt-get install {' '.join(packages)} failed{hint}: {last_line(out)}",
             details=out[-4000:],
         )
-    for name in missing:
-        binary = _DEBIAN_PACKAGES[name][0]
+    for binary, package in missing.items():
         path = _find_binary(binary)
         if path is None:
-            raise StackError(f"apt-get installed {missing[name]} but {binary} is not on PATH")
-        found[name] = path
+            raise StackError(f"apt-get installed {package} but {binary} is not on PATH")
+        found[binary] = path
     progress(f"{', '.join(missing)}: installed ({time.monotonic() - start:.1f} s)")
     return found
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 
+from llmpulse.core.kafka_security import KafkaSecurity
 from llmpulse.devstack.stack.model import ServiceName, StackError, split_host_port
 from llmpulse.devstack.stack.paths import Record
 from llmpulse.devstack.stack.processes import alive, log_hint, log_tail
@@ -27,6 +28,7 @@ READY_TIMEOUT: dict[ServiceName, float] = {"kafka": 180.0, "redis": 15.0, "prome
 PROBE_TIMEOUT = 3.0
 
 _T = TypeVar("_T")
+_PLAINTEXT = KafkaSecurity()
 
 
 def _run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -35,7 +37,7 @@ def _run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
-def _probe_kafka(bootstrap: str, timeout: float) -> str:
+def _probe_kafka(bootstrap: str, timeout: float, security: KafkaSecurity) -> str:
     # A cheap TCP check first: aiokafka logs an error for every refused connection.
     first = bootstrap.split(",")[0]
     with socket.create_connection(split_host_port(first), timeout=timeout):
@@ -48,6 +50,7 @@ def _probe_kafka(bootstrap: str, timeout: float) -> str:
             bootstrap_servers=bootstrap,
             client_id="llmpulse-stack-health",
             request_timeout_ms=int(timeout * 1000),
+            **security.aiokafka_options(),
         )
         try:
             await asyncio.wait_for(admin.start(), timeout)
@@ -87,13 +90,21 @@ def _probe_prometheus(url: str, timeout: float) -> str:
     return body.decode(errors="replace").strip() or "ready"
 
 
-def probe(name: ServiceName, url: str, timeout: float = PROBE_TIMEOUT) -> str:
+def probe(
+    name: ServiceName,
+    url: str,
+    timeout: float = PROBE_TIMEOUT,
+    *,
+    kafka_security: KafkaSecurity = _PLAINTEXT,
+) -> str:
     """One health check of ``name`` at ``url``: a short detail if healthy, else it raises.
+
+    Kafka is asked as a client with ``kafka_security`` would (a secured listener).
 
     Any exception means "not healthy (yet)"; :func:`describe` makes it one line.
     """
     if name == "kafka":
-        return _probe_kafka(url, timeout)
+        return _probe_kafka(url, timeout, kafka_security)
     if name == "redis":
         return _probe_redis(url, timeout)
     return _probe_prometheus(url, timeout)

@@ -5,6 +5,9 @@ starts the planned services on their last loopback ports (new ones where those
 are taken, or for a first start) and waits until each answers its health check.
 A launch never deletes data: Kafka's storage is formatted only when it holds no
 ``meta.properties`` yet, Redis loads its ``dump.rdb`` and Prometheus its TSDB.
+With ``secure``, Kafka and Redis also serve the listeners of
+:mod:`~llmpulse.devstack.stack.secure`, each checked with an authenticated
+request before the launch counts as ready.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 # Imported as a module (not its names) so that tests can replace processes.free_port.
 from llmpulse.devstack.stack import processes
+from llmpulse.devstack.stack import secure as secure_listeners
 from llmpulse.devstack.stack.model import HOST, SERVICES, ServiceName, StackError
 from llmpulse.devstack.stack.paths import Paths, Record, save, write_atomic
 from llmpulse.devstack.stack.prerequisites import (
@@ -31,6 +35,7 @@ from llmpulse.devstack.stack.prerequisites import (
 )
 from llmpulse.devstack.stack.probes import READY_TIMEOUT, wait_ready
 from llmpulse.devstack.stack.targets import ensure_targets_file
+from llmpulse.devstack.stack.tls import Certificates
 from llmpulse.processors.settings import Settings
 
 _KAFKA_JAVA_OPTS = (
@@ -74,36 +79,50 @@ def _ports(
     return ports
 
 
+def _kafka_java(paths: Paths, libs: Path) -> list[str]:
+    """The ``java`` command line (before the main class) of the broker and its tools."""
+    return [
+        require_java(),
+        *_KAFKA_JAVA_OPTS,
+        f"-Dlog4j2.configurationFile={paths.kafka_log4j}",
+        f"-Dkafka.logs.dir={paths.service_dir('kafka')}",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+def _secure_keys(name: ServiceName, certs: Certificates | None) -> tuple[str, ...]:
+    """The port key of ``name``'s secure listener, if it is to serve one."""
+    return (secure_listeners.SECURE_PORT[name],) if certs is not None else ()
+
+
 def _launch_kafka(
     settings: Settings,
     paths: Paths,
     libs: Path,
     wanted: Mapping[str, int] | None,
     progress: Callable[[str], None],
+    certs: Certificates | None,
 ) -> Record:
-    java = require_java()
     kdir = paths.service_dir("kafka")
     kdir.mkdir(parents=True, exist_ok=True)
-    ports = _ports("kafka", ("broker", "controller"), wanted, progress)
+    keys = ("broker", "controller", *_secure_keys("kafka", certs))
+    ports = _ports("kafka", keys, wanted, progress)
+    secure_port = ports.get(secure_listeners.SECURE_PORT["kafka"])
     # Regenerated on every launch: only the ports change, the storage is kept.
     config = template("kafka/server.properties.template").substitute(
         broker_port=ports["broker"],
         controller_port=ports["controller"],
         log_dir=str(paths.kafka_data),
+        **secure_listeners.kafka_template_values(paths, secure_port, certs),
     )
     write_atomic(paths.kafka_config, config)
     shutil.copyfile(OPS_DIR / "kafka" / "log4j2.properties", paths.kafka_log4j)
-    java_cmd = [
-        java,
-        *_KAFKA_JAVA_OPTS,
-        f"-Dlog4j2.configurationFile={paths.kafka_log4j}",
-        f"-Dkafka.logs.dir={kdir}",
-        "-cp",
-        f"{libs}/*",
-    ]
+    java_cmd = _kafka_java(paths, libs)
     if not (paths.kafka_data / "meta.properties").is_file():
         cluster_id = _kafka_cluster_id()
         progress(f"kafka: formatting KRaft storage (cluster id {cluster_id})")
+        creds = secure_listeners.credentials(paths) if certs is not None else None
         fmt = [
             *java_cmd,
             "kafka.tools.StorageTool",
@@ -114,17 +133,23 @@ def _launch_kafka(
             str(paths.kafka_config),
             "--standalone",
             "--ignore-formatted",
+            *(secure_listeners.scram_format_args(creds) if creds is not None else ()),
         ]
         code, out = run(fmt, timeout=120)
+        if creds is not None:
+            out = secure_listeners.scrubbed(out, creds)
         (kdir / "format.log").write_text(out)
         if code != 0:
             raise StackError(
                 f"kafka: storage format failed: {processes.last_line(out)}", details=out
             )
+        if creds is not None:
+            secure_listeners.scram_formatted(paths, creds)
     bootstrap = f"{HOST}:{ports['broker']}"
+    also = f", SASL_SSL {HOST}:{secure_port}" if secure_port is not None else ""
     progress(
         f"kafka: starting {settings.kafka_version} on {bootstrap} "
-        f"(controller {HOST}:{ports['controller']})..."
+        f"(controller {HOST}:{ports['controller']}{also})..."
     )
     log = paths.log("kafka")
     pid = processes.spawn([*java_cmd, "kafka.Kafka", str(paths.kafka_config)], log, cwd=kdir)
@@ -141,14 +166,20 @@ def _launch_kafka(
 
 
 def _launch_redis(
-    binary: str, paths: Paths, wanted: Mapping[str, int] | None, progress: Callable[[str], None]
+    binary: str,
+    paths: Paths,
+    wanted: Mapping[str, int] | None,
+    progress: Callable[[str], None],
+    certs: Certificates | None,
 ) -> Record:
     rdir = paths.service_dir("redis")
     rdir.mkdir(parents=True, exist_ok=True)
-    ports = _ports("redis", ("redis",), wanted, progress)
+    ports = _ports("redis", ("redis", *_secure_keys("redis", certs)), wanted, progress)
     port = ports["redis"]
     address = f"{HOST}:{port}"
-    progress(f"redis: starting on {address}...")
+    tls_port = ports.get(secure_listeners.SECURE_PORT["redis"])
+    also = f" (TLS {HOST}:{tls_port})" if tls_port is not None else ""
+    progress(f"redis: starting on {address}{also}...")
     argv = [
         binary,
         "--bind", HOST,
@@ -161,6 +192,7 @@ def _launch_redis(
         "--daemonize", "no",
         "--protected-mode", "yes",
         "--logfile", "",
+        *secure_listeners.redis_args(paths, tls_port, certs),
     ]  # fmt: skip
     log = paths.log("redis")
     pid = processes.spawn(argv, log, cwd=rdir)
@@ -219,6 +251,7 @@ def prepare_and_launch(
     progress: Callable[[str], None],
     *,
     keep_stopped: bool = False,
+    secure: bool = False,
 ) -> None:
     """Install what is missing, start every planned service, wait until all are ready.
 
@@ -226,7 +259,8 @@ def prepare_and_launch(
     its data is kept either way. Each pid is written to stack.json as soon as it
     exists, so ``down()`` can always clean up. A service that fails to become
     ready is killed and dropped from stack.json, or with ``keep_stopped`` left
-    there as stopped (the outage helpers keep its endpoint reserved).
+    there as stopped (the outage helpers keep its endpoint reserved). With
+    ``secure`` the planned Kafka and Redis also serve their secure listeners.
     """
     if not plan:
         return
@@ -235,13 +269,17 @@ def prepare_and_launch(
         require_java()
         libs = ensure_kafka_jars(settings, paths, progress)
     binaries = ensure_debian_binaries([n for n in plan if n != "kafka"], progress)
+    certs = None
+    if secure:
+        secure_listeners.credentials(paths, create=True)
+        certs = secure_listeners.tls_files(paths, progress)
 
     def launch(name: ServiceName, ports: Mapping[str, int] | None) -> Record:
         if name == "kafka":
             assert libs is not None
-            rec = _launch_kafka(settings, paths, libs, ports, progress)
+            rec = _launch_kafka(settings, paths, libs, ports, progress, certs)
         elif name == "redis":
-            rec = _launch_redis(binaries["redis"], paths, ports, progress)
+            rec = _launch_redis(binaries["redis"], paths, ports, progress, certs)
         else:
             rec = _launch_prometheus(binaries["prometheus"], paths, ports, progress)
         records[name] = rec
@@ -254,6 +292,8 @@ def prepare_and_launch(
         for attempt in (1, 2):
             try:
                 detail = wait_ready(rec)
+                if secure_listeners.is_secure(rec):
+                    detail += "; " + _secure_ready(rec, paths, libs, records, progress)
                 break
             except StackError:
                 processes.terminate([rec], kill_now=True)
@@ -270,6 +310,20 @@ def prepare_and_launch(
                 raise
         took = time.time() - rec.started_at
         progress(f"{rec.name}: ready on {rec.address} ({took:.1f} s; {detail})")
+
+
+def _secure_ready(
+    rec: Record,
+    paths: Paths,
+    libs: Path | None,
+    records: dict[ServiceName, Record],
+    progress: Callable[[str], None],
+) -> str:
+    """Once ``rec`` answers on its plain port: give Kafka its SCRAM user, probe the secure one."""
+    if rec.name == "kafka":
+        assert libs is not None
+        secure_listeners.ensure_scram(paths, _kafka_java(paths, libs), rec.address, progress)
+    return secure_listeners.wait_secure_ready(rec.name, paths, records)
 
 
 _PORT_CLASH = re.compile(r"address already in use|Failed listening on port", re.IGNORECASE)

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from llmpulse.core.breaker import BreakerCore, Transition, Verdict, classify
 from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.stream import metrics
+from llmpulse.processors.stream import metrics, redis_client
 from llmpulse.processors.stream.codec import encode
 from llmpulse.processors.stream.dlq import Record
 from llmpulse.processors.stream.faust_app import (
@@ -148,7 +148,7 @@ class BreakerService:
         self.state_topic = self.app.topic(settings.topic(BREAKER_STATE), **raw)
         self.transitions_topic = self.app.topic(settings.topic(BREAKER_TRANSITIONS), **raw)
         self.table = BREAKER_STATE_TABLE.create(self.app)
-        self.redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
+        self.redis = redis_client.connect(settings, socket_timeout=2)
         # Per breaker: the version up to which every transition was sent, and its
         # last scheduled publication (each waits for the one before: ``_in_turn``).
         self._published: dict[str, int] = {}

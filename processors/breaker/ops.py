@@ -1,7 +1,9 @@
 """Operator side of the breaker: read the fleet view, send overrides.
 
 ``status`` reads the Redis serving view and falls back to the compacted
-``llm.breaker-state.v1`` topic when Redis is unreachable. Overrides are
+``llm.breaker-state.v1`` topic when Redis is unreachable; a Redis that refuses
+the credentials or TLS of ``LLMPULSE_REDIS_URL`` is an error, not a fallback
+(the fallback would hide a configuration that no retry fixes). Overrides are
 ``BreakerControl`` events on ``llm.breaker-control.v1``, applied by the agent
 (so they are ordered with the provider's outcomes and survive restarts).
 """
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 from llmpulse.core.breaker import breaker_provider
 from llmpulse.processors.breaker.config import BreakerConfigs
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.stream import kafka
+from llmpulse.processors.stream import kafka, redis_client
 from llmpulse.processors.stream.codec import encode
 from llmpulse.schemas import serving
 from llmpulse.schemas.events import BreakerAction, BreakerControl, BreakerSnapshot
@@ -69,7 +71,7 @@ async def send_control(
 
 
 async def status_from_redis(settings: Settings) -> list[BreakerSnapshot]:
-    client = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=2)
+    client = redis_client.connect(settings, socket_timeout=2)
     try:
         keys = [k async for k in client.scan_iter(serving.breaker_key(settings.topic_prefix, "*"))]
         out = []
@@ -98,13 +100,16 @@ async def status_from_topic(settings: Settings) -> list[BreakerSnapshot]:
 
 
 async def status(settings: Settings) -> tuple[str, list[BreakerSnapshot]]:
-    """(source, snapshots): Redis when reachable, else the state topic."""
+    """(source, snapshots): Redis when reachable, else the state topic.
+
+    Raises ``redis_client.RedisRefused`` when Redis refuses the credentials or TLS.
+    """
     try:
         # In its own task: a failed redis-py connect can leave a pending
         # cancellation on the task that ran it.
         return "redis", await asyncio.create_task(status_from_redis(settings))
-    except (aioredis.RedisError, OSError):
-        pass
+    except (aioredis.RedisError, OSError) as exc:
+        redis_client.raise_if_refused(settings, exc)
     return "topic", await status_from_topic(settings)
 
 

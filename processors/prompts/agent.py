@@ -37,7 +37,7 @@ from aiokafka import TopicPartition
 from llmpulse.core.registry import PromptState, fold
 from llmpulse.core.rollup import OutcomeSample, Partial, partial_key
 from llmpulse.processors.settings import Settings
-from llmpulse.processors.stream import kafka, metrics
+from llmpulse.processors.stream import kafka, metrics, redis_client
 from llmpulse.processors.stream.codec import PoisonEvent, decode, encode
 from llmpulse.processors.stream.dlq import Record
 from llmpulse.processors.stream.faust_app import (
@@ -419,10 +419,12 @@ class PromptsService:
     async def _materialize_registry(self) -> None:
         """Follow the registry topic from the start; write each changed prompt to Redis."""
         topic = self.settings.topic(PROMPT_VERSIONS)
-        rds = aioredis.Redis.from_url(str(self.settings.redis_url), socket_timeout=2)
+        rds = redis_client.connect(self.settings, socket_timeout=2)
         group = f"llmpulse-registry-{uuid.uuid4().hex[:8]}"
         consumer = await kafka.started(
-            lambda: kafka.consumer(self.settings, group=group), "prompt registry reader"
+            lambda: kafka.consumer(self.settings, group=group),
+            "prompt registry reader",
+            settings=self.settings,
         )
         registry = RegistryLog()
         try:

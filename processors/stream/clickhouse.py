@@ -29,7 +29,9 @@ import clickhouse_connect
 from clickhouse_connect.driver import options
 from clickhouse_connect.driver.client import Client
 
+from llmpulse.processors import addresses
 from llmpulse.processors.errors import ConfigError
+from llmpulse.processors.owner_only import private_dir
 from llmpulse.processors.settings import Settings
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -65,7 +67,7 @@ def connect(settings: Settings) -> Client:
         # an operator's own JE_MALLOC_CONF wins.
         os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
         try:
-            Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+            private_dir(Path(dsn.removeprefix("chdb://")))
         except OSError as exc:
             raise ClickHouseConfigError(
                 "cannot create the chDB folder (LLMPULSE_CLICKHOUSE_DSN or LLMPULSE_STATE_DIR): "
@@ -73,7 +75,8 @@ def connect(settings: Settings) -> Client:
             ) from None
     elif not dsn.startswith(("http://", "https://")):
         raise ClickHouseConfigError(
-            f"unsupported ClickHouse DSN scheme in {dsn.split('://')[0]!r}: use chdb:// or http(s)://"
+            f"unsupported ClickHouse DSN scheme {addresses.redacted(dsn).split('://')[0]!r}: "
+            "use chdb:// or http(s)://"
         )
     try:
         if dsn.startswith("chdb://"):
@@ -86,7 +89,12 @@ def connect(settings: Settings) -> Client:
                 )
         return clickhouse_connect.get_client(dsn=dsn)
     except Exception as exc:
-        raise ClickHouseConfigError(f"cannot open ClickHouse at {_safe_dsn(dsn)}: {exc}") from exc
+        # The client's message may quote the DSN or its password; the chained
+        # exception would show them unredacted, so it is dropped.
+        raise ClickHouseConfigError(
+            f"cannot open ClickHouse at {addresses.redacted(dsn)}: "
+            f"{addresses.scrubbed(str(exc), dsn)}"
+        ) from None
 
 
 def _skip_dataframe_probe() -> None:
@@ -100,10 +108,6 @@ def _skip_dataframe_probe() -> None:
     """
     if "pandas" not in sys.modules:
         options.pd = None
-
-
-def _safe_dsn(dsn: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", dsn)
 
 
 def split_statements(sql: str) -> list[str]:

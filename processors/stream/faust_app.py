@@ -13,6 +13,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import FutureMessage
 
+from llmpulse.processors.owner_only import private_dir
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import kafka
 from llmpulse.schemas.topics import BREAKER_CONTROL, FEEDBACK, OUTCOMES, topic_spec
@@ -304,6 +305,26 @@ def limit_commits(app: faust.App, limit: CommitLimit) -> None:
     transport.commit_limit = limit
 
 
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """The Kafka security of ``settings`` in Faust's form (None: plaintext).
+
+    faust-streaming hands these to every aiokafka client it makes (consumer,
+    producer, the producer's client that creates topics) as the same options
+    as ``kafka.client_options``: SASL credentials with a TLS context mean
+    SASL_SSL, without one SASL_PLAINTEXT; TLS credentials alone mean SSL.
+    """
+    options = kafka.client_options(settings)
+    context = options.get("ssl_context")
+    if "sasl_mechanism" in options:
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            ssl_context=context,
+            mechanism=options["sasl_mechanism"],
+        )
+    return None if context is None else faust.SSLCredentials(context)
+
+
 def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     """A Faust app for one flow; its id (and consumer group) carries the topic prefix.
 
@@ -312,6 +333,7 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     """
     options: dict[str, Any] = {
         "broker": f"kafka://{kafka.bootstrap(settings)}",
+        "broker_credentials": broker_credentials(settings),
         "store": "memory://",
         "env": {},  # stray FAUST_* / environment variables must not override Settings
         "topic_replication_factor": settings.topic_replication,
@@ -334,7 +356,7 @@ def create_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
         "datadir": str((settings.state_dir / "faust" / f"{settings.topic_prefix}{name}").resolve()),
     }
     options.update(overrides)
-    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir / "faust")  # the tables' data: owner only
     app = faust.App(app_id(settings, name), **options)
     app.transport = ChangelogFirstTransport(app.conf.broker_consumer, app)
     return app

@@ -118,7 +118,7 @@ def _mismatches(planned: NewTopic, actual: _Actual, *, check_partitions: bool) -
 
 @contextlib.asynccontextmanager
 async def _admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(settings))
+    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
     try:
         await admin.start()
     except KafkaConnectionError:
@@ -251,13 +251,5 @@ async def verify_copartitioned(settings: Settings, flows: Iterable[str]) -> None
 
 
 def check_copartitioned(settings: Settings, flows: Iterable[str]) -> None:
-    """:func:`verify_copartitioned` for a worker's start, on an event loop of its own.
-
-    Not ``asyncio.run``: it leaves the process without a current event loop,
-    and the Faust worker that starts next takes the current one.
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(verify_copartitioned(settings, flows))
-    finally:
-        loop.close()
+    """:func:`verify_copartitioned` for a worker's start (``kafka.on_own_loop``)."""
+    kafka.on_own_loop(verify_copartitioned(settings, flows))
