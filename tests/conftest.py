@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 
 from llmpulse.processors.settings import Settings
 from llmpulse.processors.stream import clickhouse
-from tests.harness import running_services, with_unique_topics
+from tests.harness import running_secure_services, running_services, with_unique_topics
 
 # No test asserts on time: a property test's examples may take as long as the machine needs.
 hypothesis_settings.register_profile("llmpulse", deadline=None)
@@ -38,6 +38,15 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def services(base_settings: Settings) -> Iterator[Settings]:
     """Real Kafka, Redis and Prometheus for the whole session (stack tier only)."""
     with running_services(base_settings) as ready:
+        yield ready
+
+
+@pytest.fixture(scope="session")
+def secure_services(
+    services: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Session settings pointed at a second stack's SASL_SSL Kafka and TLS Redis (stack tier)."""
+    with running_secure_services(services, tmp_path_factory.mktemp("secure-stack")) as ready:
         yield ready
 
 

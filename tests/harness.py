@@ -54,6 +54,32 @@ def running_services(settings: Settings) -> Iterator[Settings]:
 
 
 @contextmanager
+def running_secure_services(settings: Settings, state_dir: Path) -> Iterator[Settings]:
+    """A second local stack (in ``state_dir``) that also serves SASL_SSL Kafka and TLS Redis.
+
+    Yields ``settings`` pointed at those secure listeners only (SCRAM-SHA-512 over
+    TLS, the stack's CA, its ACL user); everything else, the state folder (and so
+    the chDB data) included, stays as ``settings`` had it.
+    """
+    from tests import tiers
+
+    tiers.check(tiers.STACK, "started secure services (tests.harness.running_secure_services)")
+    own = settings.model_copy(
+        update={
+            "state_dir": state_dir,
+            "kafka_bootstrap": None,
+            "redis_url": None,
+            "prometheus_url": None,
+        }
+    )
+    stack.up(own, progress=lambda m: print(f"[secure stack] {m}", flush=True), secure=True)
+    try:
+        yield stack.secure_endpoints(own).apply(settings)
+    finally:
+        stack.down(own, progress=lambda m: None)
+
+
+@contextmanager
 def _containers(settings: Settings) -> Iterator[Settings]:  # pragma: no cover - needs Docker
     from testcontainers.kafka import KafkaContainer
     from testcontainers.redis import RedisContainer
