@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,6 +162,39 @@ def test_a_clickhouse_error_never_shows_the_dsn(
     )
     assert err.value.__cause__ is None
     assert err.value.__suppress_context__
+
+
+@pytest.mark.stack  # a loopback socket stands in for the server
+@pytest.mark.parametrize(("scheme", "first"), [("https", 0x16), ("http", ord("P"))])
+def test_the_dsn_scheme_decides_tls_on_any_port(tmp_path: Path, scheme: str, first: int) -> None:
+    """``https://`` speaks TLS on a port other than 443/8443 (first byte: a handshake record).
+
+    clickhouse-connect alone picks TLS by port, so ``https://host:8123`` went out as
+    plain HTTP, password included; ``http://`` stays plain.
+    """
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        dsn = (
+            f"{scheme}://u:{PASSWORD}@127.0.0.1:{port}/db?connect_timeout=2&send_receive_timeout=2"
+        )
+        settings = Settings(state_dir=tmp_path, clickhouse_dsn=SecretStr(dsn))
+        seen: list[bytes] = []
+
+        def accept() -> None:
+            conn, _ = server.accept()
+            with conn:
+                seen.append(conn.recv(1))
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        with pytest.raises(clickhouse.ClickHouseConfigError):
+            clickhouse.connect(settings)
+        thread.join(30)
+    assert seen
+    assert seen[0][0] == first
 
 
 # --- unit: refused versus unreachable -----------------------------------------------------

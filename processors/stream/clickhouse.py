@@ -87,7 +87,9 @@ def connect(settings: Settings) -> Client:
                 return clickhouse_connect.get_client(
                     interface="chdb", path=f"file:{folder}?config-file={config}"
                 )
-        return clickhouse_connect.get_client(dsn=dsn)
+        # The scheme decides TLS: clickhouse-connect alone would speak plain HTTP to an
+        # https:// DSN on any port but 443 and 8443.
+        return clickhouse_connect.get_client(dsn=dsn, interface=dsn.split("://", 1)[0])
     except Exception as exc:
         # The client's message may quote the DSN or its password; the chained
         # exception would show them unredacted, so it is dropped.
