@@ -228,6 +228,21 @@ def test_refusal_tells_a_refusal_from_an_outage(exc: BaseException, reason: str 
     assert (found is None) if reason is None else (found is not None and reason in found)
 
 
+def test_a_worker_logs_a_refusal_as_an_error_naming_the_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Breaker and prompts workers carry on without Redis, but a refusal is no outage."""
+    log = logging.getLogger("llmpulse.test.worker")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        worker_redis.log_failure(log, _wrapped(ConnectionRefusedError(111, "refused")), "later")
+        worker_redis.log_failure(log, AuthenticationError("WRONGPASS invalid"), "later")
+    outage, refused = caplog.records
+    assert outage.levelno == logging.WARNING
+    assert outage.getMessage().startswith("redis unavailable, later")
+    assert refused.levelno == logging.ERROR
+    assert "fix LLMPULSE_REDIS_URL" in refused.getMessage()
+
+
 def _status_settings(tmp_path: Path, url: str) -> Settings:
     return Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", redis_url=SecretStr(url))
 

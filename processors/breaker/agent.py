@@ -379,11 +379,8 @@ class BreakerService:
                 )
         except (aioredis.RedisError, OSError) as exc:
             # Redis is a rebuildable view: the timer re-applies snapshots when it is back.
-            log.warning(
-                "redis unavailable, snapshot v%d of %s deferred: %s",
-                snap.version,
-                snap.provider,
-                exc,
+            redis_client.log_failure(
+                log, exc, f"snapshot v{snap.version} of {snap.provider} deferred"
             )
 
     async def _heartbeat(self, now: datetime) -> None:
@@ -413,7 +410,7 @@ class BreakerService:
                 args=[holder],
             )
         except (aioredis.RedisError, OSError) as exc:
-            log.warning("redis unavailable, probe permit left to expire: %s", exc)
+            redis_client.log_failure(log, exc, "probe permit left to expire")
 
 
 async def _after(previous: asyncio.Future[None] | None, work: Coroutine[Any, Any, None]) -> None:

@@ -462,7 +462,7 @@ class PromptsService:
                     )
                 return
             except (aioredis.RedisError, OSError) as exc:
-                log.warning("redis unavailable, registry view retried in 1s: %s", exc)
+                redis_client.log_failure(log, exc, "registry view retried in 1s")
                 await asyncio.sleep(1)
 
 

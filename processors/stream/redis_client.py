@@ -8,6 +8,7 @@ URL's query (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -50,3 +51,17 @@ def raise_if_refused(settings: Settings, exc: BaseException) -> None:
         raise RedisRefused(
             f"Redis at {addresses.redacted(url)} (LLMPULSE_REDIS_URL) refused llmpulse: {reason}"
         ) from None
+
+
+def log_failure(log: logging.Logger, exc: BaseException, meanwhile: str) -> None:
+    """Log a failed Redis call of a worker, which carries on (Redis is a rebuildable view).
+
+    An outage is a WARNING that clears by itself; a refusal (credentials, ACL, TLS)
+    never does, so it is an ERROR naming the setting to fix. ``meanwhile`` says
+    what the worker does instead (e.g. "snapshot v3 of openai deferred").
+    """
+    reason = refusal(exc)
+    if reason is None:
+        log.warning("redis unavailable, %s: %s", meanwhile, exc)
+    else:
+        log.error("Redis refused llmpulse (%s): fix LLMPULSE_REDIS_URL; %s", reason, meanwhile)
