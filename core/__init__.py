@@ -12,7 +12,8 @@
   ``KafkaSecurity.ssl_context`` reads them, ``preflight`` connects to Kafka
   (the workers and the gateway both need it, and share only the core);
 * ``redis_refusal``: tells a Redis that refused the client (credentials, ACL,
-  TLS) from one that is unreachable, for every Redis reader.
+  TLS) from one that is unreachable, for every Redis reader;
+* ``exception_chain``: an exception's causes, which both refusal checks read.
 
 Imports only ``llmpulse.schemas``, the standard library and, in
 ``kafka_security``, pydantic and aiokafka, in ``redis_refusal``, redis's

@@ -49,6 +49,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from llmpulse.core.exception_chain import chain
+
 __all__ = [
     "ENV_VARS",
     "KafkaSecurity",
@@ -326,7 +328,7 @@ def refusal(exc: BaseException, security: KafkaSecurity, address: str) -> KafkaS
     None when ``exc`` means it could not be reached (refused or closed
     connection, timeout). Pure: looks at ``exc`` and its causes only.
     """
-    for link in _chain(exc):
+    for link in chain(exc):
         if isinstance(link, _TlsDropped):
             return KafkaSecurityError(
                 ENV_VARS["protocol"],
@@ -397,13 +399,3 @@ def _unreachable(exc: BaseException) -> str:
             f"another {ENV_VARS['protocol']}?"
         )
     return _reason(exc)
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, then its causes and contexts (each once)."""
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        yield link
-        link = link.__cause__ or link.__context__

@@ -13,13 +13,14 @@ Pure: no I/O, shared by the workers, the command line and the gateway.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
 
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     NoPermissionError,
 )
+
+from llmpulse.core.exception_chain import chain
 
 __all__ = ["refusal"]
 
@@ -33,7 +34,7 @@ def refusal(exc: BaseException) -> str | None:
     The text is the server's or the TLS library's reason, which never holds the
     password (redis-py never quotes its URL).
     """
-    for link in _chain(exc):
+    for link in chain(exc):
         if isinstance(link, AuthenticationError | AuthenticationWrongNumberOfArgsError):
             return f"authentication failed: {_first_line(link)}"
         if isinstance(link, NoPermissionError):
@@ -43,16 +44,6 @@ def refusal(exc: BaseException) -> str | None:
         if isinstance(link, _FILE_ERRORS):
             return f"cannot read a TLS file: {link.strerror or _first_line(link)}: {link.filename}"
     return None
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, then its causes and contexts (each once)."""
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        yield link
-        link = link.__cause__ or link.__context__
 
 
 def _tls_reason(exc: ssl.SSLError) -> str:
